@@ -32,7 +32,7 @@ class ConfigError(AtrError):
         super().__init__(f"{path}: {reason}" if path else reason)
 
 
-class IndexError_(AtrError):
+class IndexUnavailable(AtrError):
     """The SQLite index cannot be opened, read or written."""
 
 
