@@ -47,3 +47,8 @@ class FeedError(AtrError):
 
 class RejectedFile(AtrError):
     """A whole input file was refused (not a list, or it would empty a feed)."""
+
+
+class ShrinkHeld(AtrError):
+    """A feed update would remove more than ``max_shrink`` of the feed: held back, not
+    applied, until an operator looks (or the feed recovers)."""

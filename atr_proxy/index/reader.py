@@ -1,0 +1,146 @@
+"""Read-side queries of the index: what a snapshot is built and patched from.
+
+Readers (proxy, DNS, worker) call these from a background thread, never on a request path.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRow:
+    id: int
+    name: str
+    module: str
+    action: str
+    position: int
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ExceptionRow:
+    id: int
+    scope: str
+    kind: str
+    value: str
+    feed_id: int | None
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    op: str
+    indicator_id: int | None
+    feed_id: int | None
+    kind: str | None
+    value: str | None
+    match: str | None
+    expires_at: float | None
+
+
+LIVE = "suppressed_by IS NULL AND (expires_at IS NULL OR expires_at > ?)"
+
+
+def generation(conn: sqlite3.Connection) -> int:
+    """The index generation: the newest change-log sequence (0 for an empty index)."""
+    return int(conn.execute("SELECT IFNULL(MAX(seq), 0) FROM changes").fetchone()[0])
+
+
+def oldest_change(conn: sqlite3.Connection) -> int:
+    """The oldest sequence still in the change log (0 when the log is empty)."""
+    return int(conn.execute("SELECT IFNULL(MIN(seq), 0) FROM changes").fetchone()[0])
+
+
+def data_version(conn: sqlite3.Connection) -> int:
+    """Changes whenever another connection commits: the cheap 'anything new?' probe."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def feeds(conn: sqlite3.Connection) -> list[FeedRow]:
+    return [
+        FeedRow(int(r[0]), r[1], r[2], r[3], int(r[4]), bool(r[5]))
+        for r in conn.execute(
+            "SELECT id, name, module, action, position, enabled FROM feeds ORDER BY id"
+        )
+    ]
+
+
+def exceptions(conn: sqlite3.Connection) -> list[ExceptionRow]:
+    return [
+        ExceptionRow(int(r[0]), r[1], r[2], r[3], r[4], r[5])
+        for r in conn.execute(
+            "SELECT id, scope, kind, value, feed_id, comment FROM exceptions ORDER BY id"
+        )
+    ]
+
+
+def count_live(conn: sqlite3.Connection, now: float) -> dict[str, int]:
+    """Live (enforced) indicators per kind."""
+    counts = {"domain": 0, "url": 0, "ip": 0}
+    for kind, n in conn.execute(
+        f"SELECT kind, COUNT(*) FROM indicators WHERE {LIVE} GROUP BY kind", (now,)
+    ):
+        counts[kind] = int(n)
+    return counts
+
+
+def live_indicators(
+    conn: sqlite3.Connection, now: float, kind: str
+) -> Iterator[tuple[int, int, str, str]]:
+    """(id, feed_id, value, match) of every enforced indicator of one kind, streamed."""
+    cur = conn.execute(
+        f"SELECT id, feed_id, value, match FROM indicators WHERE kind=? AND {LIVE}", (kind, now)
+    )
+    while True:
+        rows = cur.fetchmany(10_000)
+        if not rows:
+            return
+        yield from rows
+
+
+def changes_since(conn: sqlite3.Connection, seq: int, limit: int) -> list[Change]:
+    """Change-log entries after ``seq``, oldest first, at most ``limit``."""
+    return [
+        Change(*row)
+        for row in conn.execute(
+            "SELECT seq, op, indicator_id, feed_id, kind, value, match, expires_at FROM changes"
+            " WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit),
+        )
+    ]
+
+
+def next_expiry(conn: sqlite3.Connection, now: float) -> float | None:
+    """The earliest future expiry of an enforced indicator, or None."""
+    row = conn.execute(
+        "SELECT MIN(expires_at) FROM indicators WHERE expires_at > ? AND suppressed_by IS NULL",
+        (now,),
+    ).fetchone()
+    return float(row[0]) if row and row[0] is not None else None
+
+
+def expired_between(
+    conn: sqlite3.Connection, after: float, until: float
+) -> list[tuple[int, int, str, str, str]]:
+    """(id, feed_id, kind, value, match) of indicators whose expiry fell in (after, until]."""
+    return conn.execute(
+        "SELECT id, feed_id, kind, value, match FROM indicators"
+        " WHERE expires_at > ? AND expires_at <= ?", (after, until),
+    ).fetchall()
+
+
+def indicator(conn: sqlite3.Connection, indicator_id: int) -> dict | None:
+    """Every stored detail of one indicator, with its feed's name and module."""
+    cur = conn.execute(
+        "SELECT i.id, i.kind, i.value, i.match, i.first_seen, i.last_seen, i.expires_at,"
+        " i.threat, i.malware, i.confidence, i.reference, i.comment, i.suppressed_by,"
+        " f.name AS feed, f.module AS module, f.action AS action"
+        " FROM indicators i JOIN feeds f ON f.id = i.feed_id WHERE i.id=?", (indicator_id,),
+    )
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return dict(zip([c[0] for c in cur.description], row, strict=True))

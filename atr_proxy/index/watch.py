@@ -1,0 +1,264 @@
+"""Keeps a reader's matcher snapshot current: full build at start, deltas after.
+
+A proxy or DNS process owns one ``SnapshotWatcher``. ``poll()`` (run in a worker thread,
+never on the event loop) asks SQLite cheaply whether anything was committed
+(``PRAGMA data_version``), reads the new change-log entries, patches a copy of the
+snapshot and publishes it with one assignment. A reload marker, a gap in the log or a very
+large delta means a full rebuild instead. If the index cannot be read, the last good
+snapshot stays in force and the error is kept for health reporting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import IndexUnavailable
+from ..matcher import Feed, Snapshot, build_snapshot, empty_snapshot
+from ..policy import Exception_, Exceptions
+from . import reader
+from .db import connect
+
+log = logging.getLogger("atr_proxy.index")
+
+MAX_DELTA = 50_000
+POLL_INTERVAL = 0.25
+
+
+class SnapshotWatcher:
+    """Holds ``snapshot`` (read it freely from any thread) and keeps it current."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        interval: float = POLL_INTERVAL,
+        confirm_hits: bool = True,
+        on_swap: Callable[[Snapshot, Snapshot, str], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self.confirm_hits = confirm_hits
+        self.on_swap = on_swap
+        self.snapshot: Snapshot = empty_snapshot()
+        self.snapshot.exceptions = Exceptions()
+        self.loaded = False
+        self.last_error: str | None = None
+        self.last_reload_seconds = 0.0
+        self.last_swap_at = 0.0
+        self._conn: sqlite3.Connection | None = None
+        self._confirm_conn: sqlite3.Connection | None = None
+        self._confirm_lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._data_version: int | None = None
+        self._expiry_checked = 0.0
+
+    # -- reading -----------------------------------------------------------------------
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.path, readonly=True)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except sqlite3.Error:
+                pass
+        self._conn = None
+        self._data_version = None
+
+    def load(self) -> Snapshot:
+        """Build a full snapshot from the index and publish it; raises IndexUnavailable."""
+        with self._poll_lock:
+            try:
+                return self._rebuild("load")
+            except (sqlite3.Error, IndexUnavailable, OSError) as exc:
+                self._drop_connection()
+                self.last_error = str(exc)
+                raise IndexUnavailable(f"index {self.path}: {exc}") from exc
+
+    def _rebuild(self, why: str) -> Snapshot:
+        started = time.perf_counter()
+        conn = self._connection()
+        now = time.time()
+        conn.execute("BEGIN")  # one read transaction: a consistent view of the index
+        try:
+            self._data_version = reader.data_version(conn)
+            generation = reader.generation(conn)
+            feeds = [Feed(f.id, f.name, f.module, f.action, f.position, f.enabled)
+                     for f in reader.feeds(conn)]
+            counts = reader.count_live(conn, now)
+            snap = build_snapshot(
+                generation=generation,
+                feeds=feeds,
+                domains=reader.live_indicators(conn, now, "domain"),
+                urls=reader.live_indicators(conn, now, "url"),
+                ips=reader.live_indicators(conn, now, "ip"),
+                capacity=counts["domain"] + 2 * counts["url"],
+                next_expiry=reader.next_expiry(conn, now),
+                confirm=self._confirm if self.confirm_hits else None,
+            )
+            snap.exceptions = _exceptions(conn)
+        finally:
+            conn.execute("COMMIT")
+        self._expiry_checked = now
+        self._publish(snap, why, time.perf_counter() - started)
+        return snap
+
+    def poll(self) -> bool:
+        """Apply whatever was committed since the last look; True if a new snapshot was
+        published. Never raises: an unreadable index keeps the last snapshot."""
+        with self._poll_lock:
+            try:
+                if not self.loaded:
+                    self._rebuild("load")
+                    return True
+                return self._poll()
+            except (sqlite3.Error, IndexUnavailable, OSError) as exc:
+                if self.last_error != str(exc):
+                    log.warning("index %s unreadable, keeping generation %d: %s",
+                                self.path, self.snapshot.generation, exc)
+                self.last_error = str(exc)
+                self._drop_connection()
+                return False
+
+    def _poll(self) -> bool:
+        conn = self._connection()
+        snap = self.snapshot
+        now = time.time()
+        expiry_due = snap.next_expiry is not None and now >= snap.next_expiry
+        version = reader.data_version(conn)
+        if version == self._data_version and not expiry_due:
+            return False
+        started = time.perf_counter()
+        conn.execute("BEGIN")
+        try:
+            self._data_version = version
+            generation = reader.generation(conn)
+            if generation == snap.generation and not expiry_due:
+                self.last_error = None
+                return False
+            if generation < snap.generation or (
+                generation > snap.generation
+                and reader.oldest_change(conn) > snap.generation + 1
+            ):
+                conn.execute("COMMIT")
+                self._rebuild("change log gap")
+                return True
+            changes = reader.changes_since(conn, snap.generation, MAX_DELTA + 1)
+            if len(changes) > MAX_DELTA or any(c.op == "reload" for c in changes):
+                conn.execute("COMMIT")
+                self._rebuild("reload")
+                return True
+            rows = [
+                (c.op, c.indicator_id, c.feed_id, c.kind, c.value, c.match, c.expires_at)
+                for c in changes if c.op in ("add", "del", "expiry")
+            ]
+            if expiry_due:
+                rows += [("del", *row) + (None,)
+                         for row in reader.expired_between(conn, self._expiry_checked, now)]
+            feeds = None
+            if any(c.op == "feed" for c in changes):
+                feeds = [Feed(f.id, f.name, f.module, f.action, f.position, f.enabled)
+                         for f in reader.feeds(conn)]
+            new = snap.patch(rows, generation=generation, feeds=feeds, now=now)
+            if expiry_due:
+                new.next_expiry = reader.next_expiry(conn, now)
+                self._expiry_checked = now
+            new.exceptions = (
+                _exceptions(conn) if any(c.op == "exception" for c in changes)
+                else snap.exceptions
+            )
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        self._publish(new, "delta", time.perf_counter() - started)
+        return True
+
+    def _publish(self, snap: Snapshot, why: str, seconds: float) -> None:
+        old = self.snapshot
+        self.snapshot = snap  # the one assignment readers see
+        self.loaded = True
+        self.last_error = None
+        self.last_reload_seconds = seconds
+        self.last_swap_at = time.time()
+        log.info("snapshot generation %d (%s): %d indicators in %.3f s",
+                 snap.generation, why, snap.count(), seconds)
+        if self.on_swap is not None:
+            try:
+                self.on_swap(old, snap, why)
+            except Exception:  # a listener's bug must not stop updates
+                log.exception("snapshot listener failed")
+
+    # -- hits --------------------------------------------------------------------------
+    def _confirm(self, indicator_id: int, value: str) -> bool:
+        """Exact confirmation of a hash hit. If the index cannot answer, trust the hash
+        (64-bit keyed hash: a false hit is vanishingly rare, a missed block is not)."""
+        with self._confirm_lock:
+            try:
+                if self._confirm_conn is None:
+                    self._confirm_conn = connect(self.path, readonly=True)
+                    self._confirm_conn.execute("PRAGMA busy_timeout=50")
+                row = self._confirm_conn.execute(
+                    "SELECT value FROM indicators WHERE id=?", (indicator_id,)
+                ).fetchone()
+            except (sqlite3.Error, IndexUnavailable, OSError):
+                self._confirm_conn = None
+                return True
+        # a row deleted since the snapshot was built no longer counts
+        return row is not None and row[0] == value
+
+    def details(self, indicator_id: int) -> dict | None:
+        """The stored details of one indicator, or None if unavailable."""
+        with self._confirm_lock:
+            try:
+                if self._confirm_conn is None:
+                    self._confirm_conn = connect(self.path, readonly=True)
+                return reader.indicator(self._confirm_conn, indicator_id)
+            except (sqlite3.Error, IndexUnavailable, OSError):
+                self._confirm_conn = None
+                return None
+
+    # -- running -----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Poll forever (or until ``stop``) from a worker thread."""
+        while stop is None or not stop.is_set():
+            await asyncio.to_thread(self.poll)
+            if stop is None:
+                await asyncio.sleep(self.interval)
+            else:
+                try:
+                    await asyncio.wait_for(stop.wait(), self.interval)
+                except TimeoutError:
+                    pass
+
+    def start_thread(self) -> threading.Event:
+        """Poll in a daemon thread; set the returned event to stop it."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.interval):
+                self.poll()
+
+        threading.Thread(target=loop, name="atr-snapshot-watcher", daemon=True).start()
+        return stop
+
+    def close(self) -> None:
+        self._drop_connection()
+        with self._confirm_lock:
+            if self._confirm_conn is not None:
+                self._confirm_conn.close()
+                self._confirm_conn = None
+
+
+def _exceptions(conn: sqlite3.Connection) -> Exceptions:
+    return Exceptions.build(
+        Exception_(e.id, e.scope, e.kind, e.value, e.feed_id, e.comment)
+        for e in reader.exceptions(conn)
+    )

@@ -1,0 +1,558 @@
+"""The in-memory matcher snapshot: which indicators does a name, URL or address hit?
+
+Why this shape: a request must be checked in a few microseconds against millions of
+indicators, in three processes at once, without the garbage collector ever walking them.
+So nothing here holds one Python object per indicator:
+
+* ``NameTable``: one open-addressing hash table in two flat arrays for every string key
+  (domains, URL expressions, and "this host has URL indicators" markers). A slot is the
+  string's 64-bit hash with its low 14 bits replaced by a tag (feed slot and match mode),
+  plus the indicator id: 12 bytes a slot, 20 bytes an entry at the 0.6 load factor. A
+  probe that finds the same hash is a hit; hits are rare and can be confirmed exactly
+  against the index (``Snapshot.confirm``), as Safe Browsing does with its hash prefixes.
+* ``IpRanges``: every IP indicator as an interval in sorted arrays with a running maximum
+  of the interval ends, so a miss costs one binary search and one comparison, and a hit
+  walks back only over intervals that can contain the address.
+
+A snapshot is never changed once published: ``patch`` copies what a delta touches and
+returns a new snapshot, and the reader swaps it in with one assignment. Lookup functions
+take canonical values (see ``atr_proxy.indicators``) and return ``Hit`` lists; turning hits
+into a verdict is ``atr_proxy.policy``'s job.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .indicators import ip_network, ip_to_int, url_lookup_expressions
+
+EXACT, SUBTREE, URL, URL_HOST = 0, 1, 2, 3
+MODE_OF = {"exact": EXACT, "subtree": SUBTREE}
+TAG_BITS = 14
+TAG_MASK = (1 << TAG_BITS) - 1
+HASH_MASK = ~TAG_MASK
+MAX_FEED_SLOTS = (1 << (TAG_BITS - 2)) - 1
+LOAD_FACTOR = 0.6
+MAX_FILL = 0.8
+MODULE_RANK = {"mdr": 0, "xops": 1, "third_party": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """What the matcher and the policy need to know of a feed."""
+
+    id: int
+    name: str
+    module: str
+    action: str
+    position: int = 0
+    enabled: bool = True
+
+    @property
+    def rank(self) -> tuple[int, int, int]:
+        """Policy order: module (MDR, X-Ops, third-party), then the feed's order."""
+        return (MODULE_RANK.get(self.module, 9), self.position, self.id)
+
+
+class Hit:
+    """One indicator that matched: which indicator, which feed, and what it matched on."""
+
+    __slots__ = ("indicator_id", "feed", "kind", "indicator", "match", "target")
+
+    def __init__(
+        self, indicator_id: int, feed: Feed, kind: str, indicator: str, match: str, target: str
+    ) -> None:
+        self.indicator_id = indicator_id
+        self.feed = feed
+        self.kind = kind
+        self.indicator = indicator
+        self.match = match
+        self.target = target
+
+    def __repr__(self) -> str:
+        return (
+            f"Hit({self.kind} {self.indicator!r} [{self.match}] feed={self.feed.name}"
+            f" action={self.feed.action} on {self.target})"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "indicator": self.indicator, "kind": self.kind, "match": self.match,
+            "feed": self.feed.name, "module": self.feed.module, "action": self.feed.action,
+            "indicator_id": self.indicator_id, "target": self.target,
+        }
+
+
+class NameTable:
+    """String keys → (tag, indicator id), open addressing with linear probing."""
+
+    __slots__ = ("keys", "ids", "size", "filled", "live")
+
+    def __init__(self, capacity: int) -> None:
+        self.size = max(16, int(capacity / LOAD_FACTOR) + 1)
+        self.keys = array("q", bytes(8 * self.size))
+        self.ids = array("I", bytes(4 * self.size))
+        self.filled = 0  # slots ever used, tombstones included
+        self.live = 0
+
+    def copy(self) -> NameTable:
+        other = NameTable.__new__(NameTable)
+        other.size, other.filled, other.live = self.size, self.filled, self.live
+        other.keys = array("q", self.keys)
+        other.ids = array("I", self.ids)
+        return other
+
+    def add(self, text: str, tag: int, ident: int) -> None:
+        key = (hash(text) & HASH_MASK) | tag
+        self._put(key, ident)
+
+    def _put(self, key: int, ident: int) -> None:
+        keys, ids, size = self.keys, self.ids, self.size
+        i = (key >> TAG_BITS) % size
+        free = -1
+        k = keys[i]
+        while k:
+            if k == key:
+                if ids[i] == ident:
+                    return
+                if ids[i] == 0 and free < 0:
+                    free = i
+            i += 1
+            if i == size:
+                i = 0
+            k = keys[i]
+        if free >= 0:
+            ids[free] = ident
+        else:
+            ids[i] = ident  # id first: a concurrent reader never sees a key without its id
+            keys[i] = key
+            self.filled += 1
+        self.live += 1
+
+    def remove(self, text: str, tag: int, ident: int) -> bool:
+        key = (hash(text) & HASH_MASK) | tag
+        keys, ids, size = self.keys, self.ids, self.size
+        i = (key >> TAG_BITS) % size
+        k = keys[i]
+        while k:
+            if k == key and ids[i] == ident:
+                ids[i] = 0  # a tombstone: probes continue past it
+                self.live -= 1
+                return True
+            i += 1
+            if i == size:
+                i = 0
+            k = keys[i]
+        return False
+
+    def find(self, text: str) -> list[tuple[int, int]]:
+        """(tag, id) of every live entry whose key hashes like ``text``."""
+        h = hash(text) & HASH_MASK
+        keys, ids, size = self.keys, self.ids, self.size
+        i = (h >> TAG_BITS) % size
+        k = keys[i]
+        found: list[tuple[int, int]] = []
+        while k:
+            if k & HASH_MASK == h and ids[i]:
+                found.append((k & TAG_MASK, ids[i]))
+            i += 1
+            if i == size:
+                i = 0
+            k = keys[i]
+        return found
+
+    def grown(self, extra: int) -> NameTable:
+        """A fresh table sized for the live entries plus ``extra``, without tombstones."""
+        other = NameTable(self.live + extra)
+        keys, ids = self.keys, self.ids
+        for i in range(self.size):
+            if keys[i] and ids[i]:
+                other._put(keys[i], ids[i])
+        return other
+
+    def needs_room(self, extra: int) -> bool:
+        return self.filled + extra > self.size * MAX_FILL
+
+
+class IpRanges:
+    """Intervals of one address family, sorted by start, for stabbing queries."""
+
+    __slots__ = ("starts", "ends", "reach", "tags", "ids", "wide")
+
+    def __init__(self, entries: Iterable[tuple[int, int, int, int]], *, wide: bool) -> None:
+        """``entries``: (start, end, feed slot, id). ``wide`` for IPv6 (128-bit values)."""
+        rows = sorted(entries)
+        self.wide = wide
+        make = list if wide else (lambda values: array("Q", values))
+        self.starts = make([r[0] for r in rows])
+        self.ends = make([r[1] for r in rows])
+        reach, top = [], -1
+        for r in rows:
+            top = max(top, r[1])
+            reach.append(top)
+        self.reach = make(reach)
+        self.tags = array("H", [r[2] for r in rows])
+        self.ids = array("I", [r[3] for r in rows])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def entries(self) -> Iterable[tuple[int, int, int, int]]:
+        return zip(self.starts, self.ends, self.tags, self.ids, strict=True)
+
+    def find(self, addr: int) -> list[tuple[int, int, int, int]]:
+        """(start, end, slot, id) of every interval containing ``addr``."""
+        j = bisect_right(self.starts, addr) - 1
+        if j < 0 or self.reach[j] < addr:
+            return []
+        found = []
+        ends, reach = self.ends, self.reach
+        while j >= 0 and reach[j] >= addr:
+            if ends[j] >= addr:
+                found.append((self.starts[j], ends[j], self.tags[j], self.ids[j]))
+            j -= 1
+        return found
+
+
+def _interval(value: str) -> tuple[int, int, int]:
+    net = ip_network(value)
+    return net.version, int(net.network_address), int(net.broadcast_address)
+
+
+def _cidr_text(version: int, start: int, end: int) -> str:
+    bits = 32 if version == 4 else 128
+    size = end - start + 1
+    prefix = bits - (size.bit_length() - 1)
+    from ipaddress import ip_address
+
+    addr = ip_address(start) if version == 4 else ip_address(start.to_bytes(16, "big"))
+    return str(addr) if prefix == bits else f"{addr}/{prefix}"
+
+
+class Snapshot:
+    """An immutable view of the enforced indicators at one index generation."""
+
+    def __init__(
+        self,
+        *,
+        generation: int,
+        slots: list[Feed | None],
+        names: NameTable,
+        ip4: IpRanges,
+        ip6: IpRanges,
+        next_expiry: float | None = None,
+        built_at: float | None = None,
+        confirm: Callable[[int, str], bool] | None = None,
+        url_hosts: int = 0,
+        exceptions: object = None,
+    ) -> None:
+        self.generation = generation
+        self.exceptions = exceptions  # atr_proxy.policy.Exceptions, set by the reader
+        self.url_hosts = url_hosts  # marker entries in ``names``, not indicators
+        self.slots = slots
+        self.slot_of = {feed.id: i for i, feed in enumerate(slots) if feed is not None}
+        self.names = names
+        self.ip4 = ip4
+        self.ip6 = ip6
+        self.next_expiry = next_expiry
+        self.built_at = time.time() if built_at is None else built_at
+        # confirm(indicator_id, value) -> False rejects a hash collision; None trusts the hash
+        self.confirm = confirm
+
+    # -- size --------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.count()
+
+    def count(self) -> int:
+        """Enforced indicators (a URL counts once although it has two table entries)."""
+        return self.names.live - self.url_hosts + len(self.ip4) + len(self.ip6)
+
+    @property
+    def feeds(self) -> list[Feed]:
+        return [feed for feed in self.slots if feed is not None]
+
+    # -- look-ups (canonical values in) ------------------------------------------------
+    def match_name(self, name: str, target: str = "host") -> list[Hit]:
+        """Domain indicators that cover ``name``: exact on the name itself, subtree on it or
+        any parent on a label boundary."""
+        return self._name_hits(name, target)[0]
+
+    def has_url_indicators(self, host: str) -> bool:
+        """Whether a URL indicator exists for ``host`` or a parent: worth intercepting."""
+        return self._name_hits(host, "host")[1]
+
+    def _name_hits(self, name: str, target: str) -> tuple[list[Hit], bool]:
+        keys, ids, size, slots = self.names.keys, self.names.ids, self.names.size, self.slots
+        hits: list[Hit] = []
+        url_host = False
+        exact = True
+        s = name
+        while True:
+            h = hash(s) & HASH_MASK
+            i = (h >> TAG_BITS) % size
+            k = keys[i]
+            while k:
+                if k & HASH_MASK == h:
+                    ident = ids[i]
+                    if ident:
+                        mode = k & 3
+                        if mode == URL_HOST:
+                            url_host = True
+                        elif mode == SUBTREE or (mode == EXACT and exact):
+                            feed = slots[(k & TAG_MASK) >> 2]
+                            if feed is not None and feed.enabled and self._confirmed(ident, s):
+                                hits.append(Hit(ident, feed, "domain", s,
+                                                "subtree" if mode == SUBTREE else "exact",
+                                                target))
+                i += 1
+                if i == size:
+                    i = 0
+                k = keys[i]
+            dot = s.find(".")
+            if dot < 0:
+                return hits, url_host
+            s = s[dot + 1:]
+            exact = False
+
+    def match_url(self, url: str, target: str = "url") -> list[Hit]:
+        """URL indicators hit by any Safe Browsing expression of ``url`` (any form that
+        ``atr_proxy.indicators.url_lookup_expressions`` accepts)."""
+        hits: list[Hit] = []
+        for expr in url_lookup_expressions(url):
+            for tag, ident in self.names.find(expr):
+                if tag & 3 != URL:
+                    continue
+                feed = self.slots[tag >> 2]
+                if feed is not None and feed.enabled and self._confirmed(ident, expr):
+                    hits.append(Hit(ident, feed, "url", expr, "prefix", target))
+        return hits
+
+    def match_ip(self, addr: str | tuple[int, int], target: str = "ip") -> list[Hit]:
+        """IP indicators (addresses and ranges) containing ``addr``."""
+        parsed = ip_to_int(addr) if isinstance(addr, str) else addr
+        if parsed is None:
+            return []
+        version, value = parsed
+        ranges = self.ip4 if version == 4 else self.ip6
+        if not ranges.ids:
+            return []
+        hits: list[Hit] = []
+        for start, end, tag, ident in ranges.find(value):
+            feed = self.slots[tag]
+            if feed is not None and feed.enabled:
+                hits.append(Hit(ident, feed, "ip", _cidr_text(version, start, end), "range"
+                                if end > start else "exact", target))
+        return hits
+
+    def check(
+        self,
+        *,
+        client: str | None = None,
+        host: str | None = None,
+        url: str | None = None,
+        dest_ip: str | None = None,
+        host_target: str = "host",
+    ) -> list[Hit]:
+        """Every hit of one request: client address, destination name (an IP literal
+        host is checked as an address), full URL (only where the host carries URL
+        indicators) and destination address. Empty on a miss, which is the common case."""
+        hits: list[Hit] = []
+        if client is not None:
+            hits += self.match_ip(client, "client")
+        if host:
+            literal = ip_to_int(host)
+            if literal is not None:
+                hits += self.match_ip(literal, host_target)
+                url_host = True
+            else:
+                name_hits, url_host = self._name_hits(host, host_target)
+                hits += name_hits
+            if url is not None and url_host:
+                hits += self.match_url(url)
+        elif url is not None:
+            hits += self.match_url(url)
+        if dest_ip is not None and dest_ip != host:
+            hits += self.match_ip(dest_ip, "ip")
+        return hits
+
+    def _confirmed(self, ident: int, value: str) -> bool:
+        confirm = self.confirm
+        return True if confirm is None else confirm(ident, value)
+
+    # -- building and patching ---------------------------------------------------------
+    def patch(
+        self,
+        changes: Iterable[tuple[str, int, int, str, str, str, float | None]],
+        *,
+        generation: int,
+        feeds: list[Feed] | None = None,
+        now: float | None = None,
+    ) -> Snapshot:
+        """A new snapshot with ``changes`` applied: (op, indicator id, feed id, kind, value,
+        match, expires_at) with op 'add', 'del' or 'expiry'. ``feeds``, when given, replaces
+        the feed list (settings changed or feeds added)."""
+        now = time.time() if now is None else now
+        slots = list(self.slots)
+        if feeds is not None:
+            slots = _assign_slots(feeds, slots)
+        slot_of = {feed.id: i for i, feed in enumerate(slots) if feed is not None}
+        changes = list(changes)
+        names = self.names
+        name_changes = sum(1 for c in changes if c[3] in ("domain", "url"))
+        if name_changes:
+            names = names.grown(name_changes * 2) if names.needs_room(name_changes * 2) \
+                else names.copy()
+        ip_adds: dict[int, list[tuple[int, int, int, int]]] = {4: [], 6: []}
+        ip_dels: dict[int, set[int]] = {4: set(), 6: set()}
+        next_expiry = self.next_expiry
+        url_hosts = self.url_hosts
+        for op, ident, feed_id, kind, value, match, expires_at in changes:
+            if op == "expiry":
+                if expires_at is not None:
+                    next_expiry = expires_at if next_expiry is None else min(next_expiry,
+                                                                             expires_at)
+                continue
+            slot = slot_of.get(feed_id)
+            if slot is None:
+                continue
+            if op == "add" and expires_at is not None:
+                if expires_at <= now:
+                    continue
+                next_expiry = expires_at if next_expiry is None else min(next_expiry, expires_at)
+            if kind == "ip":
+                version, start, end = _interval(value)
+                if op == "add":
+                    ip_adds[version].append((start, end, slot, ident))
+                    ip_dels[version].add(ident)  # replaces any older entry of this id
+                else:
+                    ip_dels[version].add(ident)
+            elif kind == "domain":
+                tag = slot << 2 | MODE_OF.get(match, EXACT)
+                if op == "add":
+                    names.add(value, tag, ident)
+                else:
+                    names.remove(value, tag, ident)
+            elif kind == "url":
+                host = _url_host(value)
+                if op == "add":
+                    names.add(value, slot << 2 | URL, ident)
+                    before = names.live
+                    names.add(host, slot << 2 | URL_HOST, ident)
+                    url_hosts += names.live - before
+                else:
+                    names.remove(value, slot << 2 | URL, ident)
+                    if names.remove(host, slot << 2 | URL_HOST, ident):
+                        url_hosts -= 1
+        ip4, ip6 = self.ip4, self.ip6
+        if ip_adds[4] or ip_dels[4]:
+            ip4 = IpRanges(
+                [e for e in ip4.entries() if e[3] not in ip_dels[4]] + ip_adds[4], wide=False
+            )
+        if ip_adds[6] or ip_dels[6]:
+            ip6 = IpRanges(
+                [e for e in ip6.entries() if e[3] not in ip_dels[6]] + ip_adds[6], wide=True
+            )
+        return Snapshot(generation=generation, slots=slots, names=names, ip4=ip4, ip6=ip6,
+                        next_expiry=next_expiry, confirm=self.confirm, url_hosts=url_hosts,
+                        exceptions=self.exceptions)
+
+
+def _url_host(key: str) -> str:
+    """The host of a URL key ("host[:port]/path"), without its port."""
+    authority = key.split("/", 1)[0]
+    if authority.startswith("["):
+        return authority[: authority.find("]") + 1]
+    return authority.split(":", 1)[0]
+
+
+def _assign_slots(feeds: list[Feed], slots: list[Feed | None]) -> list[Feed | None]:
+    """Keep each known feed in its slot, update its settings, give new feeds free slots."""
+    slots = list(slots) or [None]
+    where = {feed.id: i for i, feed in enumerate(slots) if feed is not None}
+    present = {feed.id for feed in feeds}
+    for i, feed in enumerate(slots):
+        if feed is not None and feed.id not in present:
+            slots[i] = None
+    for feed in feeds:
+        if feed.id in where:
+            slots[where[feed.id]] = feed
+        else:
+            free = next((i for i in range(1, len(slots)) if slots[i] is None), len(slots))
+            if free > MAX_FEED_SLOTS:
+                raise OverflowError(f"more than {MAX_FEED_SLOTS} feeds in one snapshot")
+            if free == len(slots):
+                slots.append(feed)
+            else:
+                slots[free] = feed
+    return slots
+
+
+def build_snapshot(
+    *,
+    generation: int,
+    feeds: list[Feed],
+    domains: Iterable[tuple[int, int, str, str]],
+    urls: Iterable[tuple[int, int, str, str]],
+    ips: Iterable[tuple[int, int, str, str]],
+    capacity: int,
+    next_expiry: float | None = None,
+    confirm: Callable[[int, str], bool] | None = None,
+) -> Snapshot:
+    """Build a snapshot from rows of (indicator id, feed id, canonical value, match).
+
+    ``capacity`` is the expected number of name-table entries (domains + 2 × URLs); a
+    good estimate avoids a resize.
+    """
+    slots = _assign_slots(feeds, [None])
+    slot_of = {feed.id: i for i, feed in enumerate(slots) if feed is not None}
+    names = NameTable(capacity)
+    put = names._put
+    exact_tag, subtree_tag = EXACT, SUBTREE
+    for ident, feed_id, value, match in domains:
+        slot = slot_of.get(feed_id)
+        if slot is None:
+            continue
+        tag = slot << 2 | (subtree_tag if match == "subtree" else exact_tag)
+        put((hash(value) & HASH_MASK) | tag, ident)
+        if names.filled > names.size * MAX_FILL:
+            names = names.grown(names.live)
+            put = names._put
+    url_hosts = 0
+    for ident, feed_id, value, _match in urls:
+        slot = slot_of.get(feed_id)
+        if slot is None:
+            continue
+        put((hash(value) & HASH_MASK) | slot << 2 | URL, ident)
+        before = names.live
+        put((hash(_url_host(value)) & HASH_MASK) | slot << 2 | URL_HOST, ident)
+        url_hosts += names.live - before
+        if names.filled > names.size * MAX_FILL:
+            names = names.grown(names.live)
+            put = names._put
+    v4: list[tuple[int, int, int, int]] = []
+    v6: list[tuple[int, int, int, int]] = []
+    for ident, feed_id, value, _match in ips:
+        slot = slot_of.get(feed_id)
+        if slot is None:
+            continue
+        version, start, end = _interval(value)
+        (v4 if version == 4 else v6).append((start, end, slot, ident))
+    return Snapshot(
+        generation=generation, slots=slots, names=names, ip4=IpRanges(v4, wide=False),
+        ip6=IpRanges(v6, wide=True), next_expiry=next_expiry, confirm=confirm,
+        url_hosts=url_hosts,
+    )
+
+
+def empty_snapshot() -> Snapshot:
+    """A snapshot that matches nothing (before the first load, or fail-open)."""
+    return build_snapshot(generation=0, feeds=[], domains=(), urls=(), ips=(), capacity=0)
+
+
+__all__ = [
+    "Feed", "Hit", "IpRanges", "NameTable", "Snapshot", "build_snapshot", "empty_snapshot",
+]
