@@ -191,6 +191,35 @@ def cmd_exceptions(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- events ----------------------------------------------------------------------------
+def cmd_events(args: argparse.Namespace) -> int:
+    from .events import recent
+    from .index import connect
+
+    conn = connect(_index_path(args))
+    filters = {"module": args.module, "feed": args.feed, "client_ip": args.client,
+               "verdict": args.verdict, "traffic": args.traffic}
+    rows = list(reversed(recent(conn, limit=args.limit, **filters)))
+    last = 0
+    deadline = time.monotonic() + args.follow_seconds if args.follow_seconds else None
+    while True:
+        for row in rows:
+            last = max(last, int(row["id"]))
+            if args.json:
+                row = {k: v for k, v in row.items() if k != "id"}
+                print(json.dumps(row, ensure_ascii=True), flush=True)
+            else:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(row["at"])))
+                where = row["url"] or row["dest_host"] or row["dest_ip"] or ""
+                print(f"{when} {row['event_id']} {row['verdict']:7} {row['traffic']:9}"
+                      f" client={row['client_ip']} {where} indicator={row['indicator']}"
+                      f" feed={row['feed']} [{row['module']}]", flush=True)
+        if not args.follow or (deadline is not None and time.monotonic() > deadline):
+            return EXIT_OK
+        time.sleep(0.5)
+        rows = recent(conn, after_id=last, limit=1000, newest_first=False, **filters)
+
+
 # -- parser ----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -237,6 +266,18 @@ def build_parser() -> argparse.ArgumentParser:
     e = esub.add_parser("list", help="list exceptions")
     e.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_exceptions)
+
+    p = sub.add_parser("events", help="show blocks and monitored hits")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    p.add_argument("--follow-seconds", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--limit", type=int, default=50, help="how many recent events (default 50)")
+    p.add_argument("--module")
+    p.add_argument("--feed")
+    p.add_argument("--client")
+    p.add_argument("--verdict", choices=("block", "monitor", "allow"))
+    p.add_argument("--traffic", choices=("forwarded", "system", "dns"))
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_events)
 
     for register in EXTRA_COMMANDS:
         register(sub)

@@ -57,11 +57,20 @@ class SnapshotWatcher:
         self._poll_lock = threading.Lock()
         self._data_version: int | None = None
         self._expiry_checked = 0.0
+        self._identity: tuple[int, int] | None = None
+        self._fresh = False  # a new connection: the file may be another one, rebuild
 
     # -- reading -----------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
+        identity = _file_identity(self.path)  # raises OSError if the file is gone
+        if self._conn is not None and identity != self._identity:
+            self._drop_connection()  # the file was replaced: our connection reads the old one
+            self._identity = identity
+            raise IndexUnavailable(f"index {self.path} was replaced; reloading")
         if self._conn is None:
             self._conn = connect(self.path, readonly=True)
+            self._identity = identity
+            self._fresh = True
         return self._conn
 
     def _drop_connection(self) -> None:
@@ -86,6 +95,7 @@ class SnapshotWatcher:
     def _rebuild(self, why: str) -> Snapshot:
         started = time.perf_counter()
         conn = self._connection()
+        self._fresh = False
         now = time.time()
         conn.execute("BEGIN")  # one read transaction: a consistent view of the index
         try:
@@ -118,6 +128,10 @@ class SnapshotWatcher:
             try:
                 if not self.loaded:
                     self._rebuild("load")
+                    return True
+                self._connection()
+                if self._fresh:
+                    self._rebuild("reopened")
                     return True
                 return self._poll()
             except (sqlite3.Error, IndexUnavailable, OSError) as exc:
@@ -255,6 +269,11 @@ class SnapshotWatcher:
             if self._confirm_conn is not None:
                 self._confirm_conn.close()
                 self._confirm_conn = None
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino)
 
 
 def _exceptions(conn: sqlite3.Connection) -> Exceptions:

@@ -1,0 +1,45 @@
+"""Shared test fixtures: a fresh index, and a helper to fill feeds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from atr_proxy.index import FeedSpec, IndexWriter, connect
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_FEEDS = ROOT.parent / "shared" / "feeds"
+
+
+@pytest.fixture
+def index_path(tmp_path: Path) -> Path:
+    return tmp_path / "index.db"
+
+
+@pytest.fixture
+def writer(index_path: Path) -> IndexWriter:
+    conn = connect(index_path)
+    yield IndexWriter(conn)
+    conn.close()
+
+
+class Item:
+    """An indicator as a parser would give it."""
+
+    def __init__(self, kind: str, value: str, match: str | None = None,
+                 expires_at: float | None = None) -> None:
+        self.kind, self.value, self.match, self.expires_at = kind, value, match, expires_at
+
+
+def fill(writer: IndexWriter, name: str, items: list[tuple], **spec) -> int:
+    """Create feed ``name`` with ``items`` of (kind, value[, match[, expires_at]])."""
+    feed_id = writer.upsert_feed(FeedSpec(name=name, **spec))
+    writer.replace_feed(feed_id, [Item(*i) for i in items], allow_empty=True)
+    return feed_id
+
+
+def atr_cli() -> list[str]:
+    """The installed console command, run as a real subprocess by CLI tests."""
+    return [sys.executable, "-m", "atr_proxy.cli"]
