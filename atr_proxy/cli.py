@@ -8,11 +8,12 @@ runs them, so ``atr-proxy lookup`` starts fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import config as config_mod
@@ -279,13 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_events)
 
-    for register in EXTRA_COMMANDS:
-        register(sub)
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:  # a missing dependency is a real error
+                raise
+            continue
+        module.register(sub)
     return parser
 
 
-# Other modules add their sub-commands here (sync, feeds, mdr, proxy, dns, events, run).
-EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+# Each of these modules has ``register(subparsers)`` adding its own sub-commands, so the
+# proxy, DNS, feed and admin code each keep their command next to their code. They must
+# import their heavy dependencies inside the command function, not at module level.
+COMMAND_MODULES: tuple[str, ...] = (
+    "atr_proxy.feeds.commands",    # sync, feeds, mdr
+    "atr_proxy.proxy.commands",    # proxy
+    "atr_proxy.dns.commands",      # dns
+    "atr_proxy.admin.commands",    # run
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

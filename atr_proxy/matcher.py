@@ -28,6 +28,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .index.writer import url_host as _url_host
 from .indicators import ip_network, ip_to_int, url_lookup_expressions
 
 EXACT, SUBTREE, URL, URL_HOST = 0, 1, 2, 3
@@ -36,8 +37,10 @@ TAG_BITS = 14
 TAG_MASK = (1 << TAG_BITS) - 1
 HASH_MASK = ~TAG_MASK
 MAX_FEED_SLOTS = (1 << (TAG_BITS - 2)) - 1
-LOAD_FACTOR = 0.6
-MAX_FILL = 0.8
+LOAD_FACTOR = 0.7
+MAX_FILL = 0.85
+BLOOM_BITS_PER_ENTRY = 16  # ~6% false positives with one bit per key
+BLOOM_SHIFT = 24
 MODULE_RANK = {"mdr": 0, "xops": 1, "third_party": 2}
 
 
@@ -88,9 +91,17 @@ class Hit:
 
 
 class NameTable:
-    """String keys → (tag, indicator id), open addressing with linear probing."""
+    """String keys → (tag, indicator id): open addressing with linear probing, behind a
+    Bloom filter.
 
-    __slots__ = ("keys", "ids", "size", "filled", "live")
+    The Bloom filter (about 2 bytes an entry) answers nearly every miss with one bit
+    test, so the probe loop, which costs Python bytecode per step, runs only for the few
+    per cent of look-ups that hit or are false positives. That lets the table itself run
+    at a high load factor. URL-host markers are stored once per (host, feed) with a
+    reference count in place of the id.
+    """
+
+    __slots__ = ("keys", "ids", "size", "filled", "live", "bloom", "bloom_mask")
 
     def __init__(self, capacity: int) -> None:
         self.size = max(16, int(capacity / LOAD_FACTOR) + 1)
@@ -98,17 +109,58 @@ class NameTable:
         self.ids = array("I", bytes(4 * self.size))
         self.filled = 0  # slots ever used, tombstones included
         self.live = 0
+        bits = 1 << max(10, (max(capacity, 1) * BLOOM_BITS_PER_ENTRY - 1).bit_length())
+        self.bloom = bytearray(bits // 8)
+        self.bloom_mask = bits - 1
 
     def copy(self) -> NameTable:
         other = NameTable.__new__(NameTable)
         other.size, other.filled, other.live = self.size, self.filled, self.live
         other.keys = array("q", self.keys)
         other.ids = array("I", self.ids)
+        other.bloom = bytearray(self.bloom)
+        other.bloom_mask = self.bloom_mask
         return other
 
     def add(self, text: str, tag: int, ident: int) -> None:
+        h = hash(text)
+        self._put((h & HASH_MASK) | tag, ident)
+
+    def add_ref(self, text: str, tag: int) -> bool:
+        """Count one more reference to a marker key; True if the key is new."""
         key = (hash(text) & HASH_MASK) | tag
-        self._put(key, ident)
+        keys, ids, size = self.keys, self.ids, self.size
+        i = (key >> TAG_BITS) % size
+        k = keys[i]
+        while k:
+            if k == key and ids[i]:
+                ids[i] += 1
+                return False
+            i += 1
+            if i == size:
+                i = 0
+            k = keys[i]
+        self._put(key, 1)
+        return True
+
+    def remove_ref(self, text: str, tag: int) -> bool:
+        """Drop one reference to a marker key; True if that was the last one."""
+        key = (hash(text) & HASH_MASK) | tag
+        keys, ids, size = self.keys, self.ids, self.size
+        i = (key >> TAG_BITS) % size
+        k = keys[i]
+        while k:
+            if k == key and ids[i]:
+                ids[i] -= 1
+                if ids[i] == 0:
+                    self.live -= 1
+                    return True
+                return False
+            i += 1
+            if i == size:
+                i = 0
+            k = keys[i]
+        return False
 
     def _put(self, key: int, ident: int) -> None:
         keys, ids, size = self.keys, self.ids, self.size
@@ -132,6 +184,8 @@ class NameTable:
             keys[i] = key
             self.filled += 1
         self.live += 1
+        b = (key >> BLOOM_SHIFT) & self.bloom_mask
+        self.bloom[b >> 3] |= 1 << (b & 7)
 
     def remove(self, text: str, tag: int, ident: int) -> bool:
         key = (hash(text) & HASH_MASK) | tag
@@ -140,7 +194,7 @@ class NameTable:
         k = keys[i]
         while k:
             if k == key and ids[i] == ident:
-                ids[i] = 0  # a tombstone: probes continue past it
+                ids[i] = 0  # a tombstone: probes continue past it; the Bloom bit stays
                 self.live -= 1
                 return True
             i += 1
@@ -152,6 +206,9 @@ class NameTable:
     def find(self, text: str) -> list[tuple[int, int]]:
         """(tag, id) of every live entry whose key hashes like ``text``."""
         h = hash(text) & HASH_MASK
+        b = (h >> BLOOM_SHIFT) & self.bloom_mask
+        if not self.bloom[b >> 3] >> (b & 7) & 1:
+            return []
         keys, ids, size = self.keys, self.ids, self.size
         i = (h >> TAG_BITS) % size
         k = keys[i]
@@ -179,9 +236,13 @@ class NameTable:
 
 
 class IpRanges:
-    """Intervals of one address family, sorted by start, for stabbing queries."""
+    """Intervals of one address family, sorted by start, for stabbing queries.
 
-    __slots__ = ("starts", "ends", "reach", "tags", "ids", "wide")
+    IPv4 also keeps a bitmap of the /24 blocks that any interval touches (2 MiB), so an
+    address outside every listed block, the common case, costs one bit test.
+    """
+
+    __slots__ = ("starts", "ends", "reach", "tags", "ids", "wide", "blocks")
 
     def __init__(self, entries: Iterable[tuple[int, int, int, int]], *, wide: bool) -> None:
         """``entries``: (start, end, feed slot, id). ``wide`` for IPv6 (128-bit values)."""
@@ -197,6 +258,9 @@ class IpRanges:
         self.reach = make(reach)
         self.tags = array("H", [r[2] for r in rows])
         self.ids = array("I", [r[3] for r in rows])
+        self.blocks: bytearray | None = None
+        if not wide and rows:
+            self.blocks = _block_bitmap((r[0] >> 8, r[1] >> 8) for r in rows)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -206,6 +270,9 @@ class IpRanges:
 
     def find(self, addr: int) -> list[tuple[int, int, int, int]]:
         """(start, end, slot, id) of every interval containing ``addr``."""
+        blocks = self.blocks
+        if blocks is not None and not blocks[addr >> 11] >> ((addr >> 8) & 7) & 1:
+            return []
         j = bisect_right(self.starts, addr) - 1
         if j < 0 or self.reach[j] < addr:
             return []
@@ -218,9 +285,36 @@ class IpRanges:
         return found
 
 
+def _block_bitmap(spans: Iterable[tuple[int, int]]) -> bytearray:
+    """A bit per /24 block: set where some interval (first block, last block) touches it."""
+    bits = bytearray(1 << 21)
+    for first, last in spans:
+        if last - first < 16:
+            for block in range(first, last + 1):
+                bits[block >> 3] |= 1 << (block & 7)
+            continue
+        head, tail = (first + 7) >> 3, (last + 1) >> 3  # whole bytes in between
+        bits[head:tail] = b"\xff" * (tail - head)
+        for block in range(first, head << 3):
+            bits[block >> 3] |= 1 << (block & 7)
+        for block in range(tail << 3, last + 1):
+            bits[block >> 3] |= 1 << (block & 7)
+    return bits
+
+
 def _interval(value: str) -> tuple[int, int, int]:
-    net = ip_network(value)
-    return net.version, int(net.network_address), int(net.broadcast_address)
+    """(version, first, last) of a canonical address or range ("192.0.2.0/24")."""
+    addr, _, prefix = value.partition("/")
+    parsed = ip_to_int(addr)
+    if parsed is None:
+        net = ip_network(value)
+        return net.version, int(net.network_address), int(net.broadcast_address)
+    version, first = parsed
+    if not prefix:
+        return version, first, first
+    host_bits = (32 if version == 4 else 128) - int(prefix)
+    first &= ~((1 << host_bits) - 1)
+    return version, first, first | ((1 << host_bits) - 1)
 
 
 def _cidr_text(version: int, start: int, end: int) -> str:
@@ -286,37 +380,46 @@ class Snapshot:
         return self._name_hits(host, "host")[1]
 
     def _name_hits(self, name: str, target: str) -> tuple[list[Hit], bool]:
-        keys, ids, size, slots = self.names.keys, self.names.ids, self.names.size, self.slots
+        # The hot path: one hash and one Bloom bit per label-boundary suffix of the name.
+        bloom, bloom_mask = self.names.bloom, self.names.bloom_mask
         hits: list[Hit] = []
         url_host = False
         exact = True
         s = name
         while True:
-            h = hash(s) & HASH_MASK
-            i = (h >> TAG_BITS) % size
-            k = keys[i]
-            while k:
-                if k & HASH_MASK == h:
-                    ident = ids[i]
-                    if ident:
-                        mode = k & 3
-                        if mode == URL_HOST:
-                            url_host = True
-                        elif mode == SUBTREE or (mode == EXACT and exact):
-                            feed = slots[(k & TAG_MASK) >> 2]
-                            if feed is not None and feed.enabled and self._confirmed(ident, s):
-                                hits.append(Hit(ident, feed, "domain", s,
-                                                "subtree" if mode == SUBTREE else "exact",
-                                                target))
-                i += 1
-                if i == size:
-                    i = 0
-                k = keys[i]
+            h = hash(s)
+            b = (h >> BLOOM_SHIFT) & bloom_mask
+            if bloom[b >> 3] >> (b & 7) & 1 and self._probe_name(s, h, exact, target, hits):
+                url_host = True
             dot = s.find(".")
             if dot < 0:
                 return hits, url_host
             s = s[dot + 1:]
             exact = False
+
+    def _probe_name(self, s: str, h: int, exact: bool, target: str, hits: list[Hit]) -> bool:
+        """Collect domain hits of one suffix into ``hits``; True if it is a URL host."""
+        h &= HASH_MASK
+        names, slots = self.names, self.slots
+        keys, ids, size = names.keys, names.ids, names.size
+        url_host = False
+        i = (h >> TAG_BITS) % size
+        k = keys[i]
+        while k:
+            if k & HASH_MASK == h and ids[i]:
+                mode = k & 3
+                if mode == URL_HOST:
+                    url_host = True
+                elif mode == SUBTREE or (mode == EXACT and exact):
+                    feed = slots[(k & TAG_MASK) >> 2]
+                    if feed is not None and feed.enabled and self._confirmed(ids[i], s):
+                        hits.append(Hit(ids[i], feed, "domain", s,
+                                        "subtree" if mode == SUBTREE else "exact", target))
+            i += 1
+            if i == size:
+                i = 0
+            k = keys[i]
+        return url_host
 
     def match_url(self, url: str, target: str = "url") -> list[Hit]:
         """URL indicators hit by any Safe Browsing expression of ``url`` (any form that
@@ -440,13 +543,9 @@ class Snapshot:
                 host = _url_host(value)
                 if op == "add":
                     names.add(value, slot << 2 | URL, ident)
-                    before = names.live
-                    names.add(host, slot << 2 | URL_HOST, ident)
-                    url_hosts += names.live - before
-                else:
-                    names.remove(value, slot << 2 | URL, ident)
-                    if names.remove(host, slot << 2 | URL_HOST, ident):
-                        url_hosts -= 1
+                    url_hosts += names.add_ref(host, slot << 2 | URL_HOST)
+                elif names.remove(value, slot << 2 | URL, ident):
+                    url_hosts -= names.remove_ref(host, slot << 2 | URL_HOST)
         ip4, ip6 = self.ip4, self.ip6
         if ip_adds[4] or ip_dels[4]:
             ip4 = IpRanges(
@@ -459,14 +558,6 @@ class Snapshot:
         return Snapshot(generation=generation, slots=slots, names=names, ip4=ip4, ip6=ip6,
                         next_expiry=next_expiry, confirm=self.confirm, url_hosts=url_hosts,
                         exceptions=self.exceptions)
-
-
-def _url_host(key: str) -> str:
-    """The host of a URL key ("host[:port]/path"), without its port."""
-    authority = key.split("/", 1)[0]
-    if authority.startswith("["):
-        return authority[: authority.find("]") + 1]
-    return authority.split(":", 1)[0]
 
 
 def _assign_slots(feeds: list[Feed], slots: list[Feed | None]) -> list[Feed | None]:
@@ -495,52 +586,80 @@ def build_snapshot(
     *,
     generation: int,
     feeds: list[Feed],
-    domains: Iterable[tuple[int, int, str, str]],
-    urls: Iterable[tuple[int, int, str, str]],
-    ips: Iterable[tuple[int, int, str, str]],
+    rows: Iterable[tuple[int, int, int, str]],
     capacity: int,
     next_expiry: float | None = None,
     confirm: Callable[[int, str], bool] | None = None,
 ) -> Snapshot:
-    """Build a snapshot from rows of (indicator id, feed id, canonical value, match).
+    """Build a snapshot from rows of (indicator id, feed id, code, canonical value) where
+    code is 0 for an exact domain, 1 for a subtree domain, 2 for a URL and 3 for an IP
+    (``atr_proxy.index.reader.live_indicators`` selects them so).
 
-    ``capacity`` is the expected number of name-table entries (domains + 2 × URLs); a
-    good estimate avoids a resize.
+    ``capacity`` is the expected number of name-table entries (domains, URLs and distinct
+    URL hosts per feed); a good estimate avoids a resize. The loop is written out inline
+    because it runs once per indicator at every start: a method call per row would cost
+    more than the insertion itself.
     """
     slots = _assign_slots(feeds, [None])
     slot_of = {feed.id: i for i, feed in enumerate(slots) if feed is not None}
     names = NameTable(capacity)
-    put = names._put
-    exact_tag, subtree_tag = EXACT, SUBTREE
-    for ident, feed_id, value, match in domains:
-        slot = slot_of.get(feed_id)
-        if slot is None:
-            continue
-        tag = slot << 2 | (subtree_tag if match == "subtree" else exact_tag)
-        put((hash(value) & HASH_MASK) | tag, ident)
-        if names.filled > names.size * MAX_FILL:
-            names = names.grown(names.live)
-            put = names._put
-    url_hosts = 0
-    for ident, feed_id, value, _match in urls:
-        slot = slot_of.get(feed_id)
-        if slot is None:
-            continue
-        put((hash(value) & HASH_MASK) | slot << 2 | URL, ident)
-        before = names.live
-        put((hash(_url_host(value)) & HASH_MASK) | slot << 2 | URL_HOST, ident)
-        url_hosts += names.live - before
-        if names.filled > names.size * MAX_FILL:
-            names = names.grown(names.live)
-            put = names._put
     v4: list[tuple[int, int, int, int]] = []
     v6: list[tuple[int, int, int, int]] = []
-    for ident, feed_id, value, _match in ips:
+    url_hosts = 0
+    keys, ids, size = names.keys, names.ids, names.size
+    bloom, bloom_mask = names.bloom, names.bloom_mask
+    room = int(size * MAX_FILL) - 2  # inserts left before the table must grow
+    for ident, feed_id, code, value in rows:
         slot = slot_of.get(feed_id)
         if slot is None:
             continue
-        version, start, end = _interval(value)
-        (v4 if version == 4 else v6).append((start, end, slot, ident))
+        if code < 2:  # a domain: code is 1 for subtree, 0 for exact
+            key = (hash(value) & HASH_MASK) | slot << 2 | code
+        elif code == 2:  # a URL, plus its host marker
+            key = (hash(value) & HASH_MASK) | slot << 2 | URL
+            host = value.partition("/")[0]
+            if ":" in host and host[0] != "[":
+                host = host.partition(":")[0]
+            marker = (hash(host) & HASH_MASK) | slot << 2 | URL_HOST
+            i = (marker >> TAG_BITS) % size
+            k = keys[i]
+            while k and not (k == marker and ids[i]):
+                i += 1
+                if i == size:
+                    i = 0
+                k = keys[i]
+            if k:
+                ids[i] += 1  # one more URL on a known host
+            else:
+                keys[i] = marker
+                ids[i] = 1
+                url_hosts += 1
+                room -= 1
+                b = (marker >> BLOOM_SHIFT) & bloom_mask
+                bloom[b >> 3] |= 1 << (b & 7)
+        else:  # an address or range
+            version, start, end = _interval(value)
+            (v4 if version == 4 else v6).append((start, end, slot, ident))
+            continue
+        i = (key >> TAG_BITS) % size
+        while keys[i]:
+            i += 1
+            if i == size:
+                i = 0
+        keys[i] = key
+        ids[i] = ident
+        room -= 1
+        b = (key >> BLOOM_SHIFT) & bloom_mask
+        bloom[b >> 3] |= 1 << (b & 7)
+        if room <= 0:  # the estimate was low: grow (rare)
+            names.filled = names.live = int(size * MAX_FILL) - 2 - room
+            names = names.grown(max(names.live, 1024))
+            keys, ids, size = names.keys, names.ids, names.size
+            bloom, bloom_mask = names.bloom, names.bloom_mask
+            room = int(size * MAX_FILL) - 2 - names.filled
+    filled = int(size * MAX_FILL) - 2 - room
+    names.live = filled
+    names.filled = filled
     return Snapshot(
         generation=generation, slots=slots, names=names, ip4=IpRanges(v4, wide=False),
         ip6=IpRanges(v6, wide=True), next_expiry=next_expiry, confirm=confirm,
@@ -550,7 +669,7 @@ def build_snapshot(
 
 def empty_snapshot() -> Snapshot:
     """A snapshot that matches nothing (before the first load, or fail-open)."""
-    return build_snapshot(generation=0, feeds=[], domains=(), urls=(), ips=(), capacity=0)
+    return build_snapshot(generation=0, feeds=[], rows=(), capacity=0)
 
 
 __all__ = [

@@ -144,6 +144,31 @@ def test_patch_applies_adds_and_deletes_without_rebuild(writer, snapshot_of):
     assert new.count() == 3 and snap.count() == 3
 
 
+def test_build_grows_past_a_low_capacity_estimate():
+    feeds = [Feed(1, "f", "third_party", "block")]
+    rows = [(i + 1, 1, 0, f"d{i}.example") for i in range(5000)]
+    rows += [(9000 + i, 1, 2, f"h{i % 7}.example/p{i}") for i in range(300)]
+    snap = build_snapshot(generation=1, feeds=feeds, rows=rows, capacity=10)
+    snap.confirm = None
+    assert snap.count() == 5300 and snap.url_hosts == 7
+    assert [h.indicator for h in snap.match_name("d4999.example")] == ["d4999.example"]
+    assert snap.has_url_indicators("h3.example")
+    assert [h.indicator for h in snap.check(host="h3.example", url="http://h3.example/p10")] \
+        == ["h3.example/p10"]
+
+
+def test_url_host_marker_is_counted_per_url(writer, snapshot_of):
+    feed = fill(writer, "f", [("url", "h.example/a"), ("url", "h.example/b")])
+    snap = snapshot_of()
+    ids = dict(writer.conn.execute("SELECT value, id FROM indicators"))
+    one = snap.patch([("del", ids["h.example/a"], feed, "url", "h.example/a", "exact", None)],
+                     generation=snap.generation + 1)
+    assert one.has_url_indicators("h.example") and one.url_hosts == 1
+    none = one.patch([("del", ids["h.example/b"], feed, "url", "h.example/b", "exact", None)],
+                     generation=snap.generation + 2)
+    assert not none.has_url_indicators("h.example") and none.count() == 0
+
+
 def test_name_table_grows_and_drops_tombstones():
     table = NameTable(4)
     for i in range(100):
@@ -171,14 +196,12 @@ def test_snapshot_holds_no_per_indicator_python_objects():
     n = 50_000
     gc.collect()
     before = len(gc.get_objects())
-    snap = build_snapshot(
-        generation=1, feeds=feeds,
-        domains=((i + 1, 1, f"d{i}.example", "subtree") for i in range(n)),
-        urls=((n + i + 1, 1, f"u{i}.example/p", "exact") for i in range(n)),
-        ips=((3 * n + i + 1, 1, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", "exact")
-             for i in range(n)),
-        capacity=3 * n,
-    )
+    rows = [(i + 1, 1, 1, f"d{i}.example") for i in range(n)]
+    rows += [(n + i + 1, 1, 2, f"u{i}.example/p") for i in range(n)]
+    rows += [(3 * n + i + 1, 1, 3, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+             for i in range(n)]
+    snap = build_snapshot(generation=1, feeds=feeds, rows=iter(rows), capacity=3 * n)
+    del rows
     gc.collect()
     assert snap.count() == 3 * n
     assert len(gc.get_objects()) - before < 100  # arrays, not millions of objects

@@ -36,6 +36,10 @@ CREATE TABLE feeds (
     rejected         INTEGER,
     rejected_samples TEXT,                            -- JSON list of [line, text, reason]
     indicator_count  INTEGER NOT NULL DEFAULT 0,
+    domain_count     INTEGER NOT NULL DEFAULT 0,      -- per kind, for sizing snapshots
+    url_count        INTEGER NOT NULL DEFAULT 0,
+    ip_count         INTEGER NOT NULL DEFAULT 0,
+    url_host_count   INTEGER NOT NULL DEFAULT 0,      -- distinct hosts of the URL indicators
     duration         REAL,
     last_error       TEXT,
     next_run         REAL,

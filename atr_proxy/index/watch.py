@@ -103,14 +103,11 @@ class SnapshotWatcher:
             generation = reader.generation(conn)
             feeds = [Feed(f.id, f.name, f.module, f.action, f.position, f.enabled)
                      for f in reader.feeds(conn)]
-            counts = reader.count_live(conn, now)
             snap = build_snapshot(
                 generation=generation,
                 feeds=feeds,
-                domains=reader.live_indicators(conn, now, "domain"),
-                urls=reader.live_indicators(conn, now, "url"),
-                ips=reader.live_indicators(conn, now, "ip"),
-                capacity=counts["domain"] + 2 * counts["url"],
+                rows=reader.live_indicators(conn, now),
+                capacity=reader.capacity(conn),
                 next_expiry=reader.next_expiry(conn, now),
                 confirm=self._confirm if self.confirm_hits else None,
             )

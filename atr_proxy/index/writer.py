@@ -26,6 +26,14 @@ KINDS = ("domain", "url", "ip")
 RELOAD_THRESHOLD = 20_000
 
 
+def url_host(key: str) -> str:
+    """The host of a URL key ("host[:port]/path"), without its port."""
+    authority = key.partition("/")[0]
+    if authority.startswith("["):
+        return authority[: authority.find("]") + 1]
+    return authority.partition(":")[0]
+
+
 class IndicatorLike(Protocol):
     """What the writer needs of an indicator (a parser's ParsedIndicator fits)."""
 
@@ -270,8 +278,16 @@ class IndexWriter:
             diff.changed = len(changed)
             diff.unchanged = len(wanted) - len(adds) - len(changed)
             diff.total = len(wanted) + len(expiring)
+            counts = {"domain": 0, "url": 0, "ip": 0}
+            hosts = set()
+            for w in wanted.values():
+                counts[w[0]] += 1
+                if w[0] == "url":
+                    hosts.add(url_host(w[1]))
             self.conn.execute(
-                "UPDATE feeds SET indicator_count=? WHERE id=?", (diff.total, feed_id)
+                "UPDATE feeds SET indicator_count=?, domain_count=?, url_count=?, ip_count=?,"
+                " url_host_count=? WHERE id=?",
+                (diff.total, counts["domain"], counts["url"], counts["ip"], len(hosts), feed_id),
             )
             diff.sequence = self._sequence()
         return diff
@@ -429,9 +445,18 @@ class IndexWriter:
         return int(self.conn.execute("SELECT IFNULL(MAX(seq), 0) FROM changes").fetchone()[0])
 
     def _recount(self, feed_id: int) -> None:
+        counts = dict(self.conn.execute(
+            "SELECT kind, COUNT(*) FROM indicators WHERE feed_id=? GROUP BY kind", (feed_id,)
+        ).fetchall())
+        hosts = self.conn.execute(
+            "SELECT COUNT(DISTINCT substr(value, 1, instr(value || '/', '/') - 1))"
+            " FROM indicators WHERE feed_id=? AND kind='url'", (feed_id,)
+        ).fetchone()[0]
         self.conn.execute(
-            "UPDATE feeds SET indicator_count=(SELECT COUNT(*) FROM indicators WHERE feed_id=?)"
-            " WHERE id=?", (feed_id, feed_id),
+            "UPDATE feeds SET indicator_count=?, domain_count=?, url_count=?, ip_count=?,"
+            " url_host_count=? WHERE id=?",
+            (sum(counts.values()), counts.get("domain", 0), counts.get("url", 0),
+             counts.get("ip", 0), hosts, feed_id),
         )
 
     def _feed_name_match(self, feed_id: int) -> tuple[str, str]:

@@ -1,0 +1,1 @@
+"""The admin API, dashboard, metrics and PAC file, served by the worker process."""

@@ -1,0 +1,1 @@
+"""The mitmproxy addon that enforces the index on proxied traffic."""
