@@ -1,0 +1,1 @@
+"""Threat feeds: pure format parsers, fetching and the sync worker."""
