@@ -302,6 +302,12 @@ class _Collector:
             if not quiet:  # the canonicaliser keeps kinds; this guards the feed's promise
                 self.reject(line, text, f"{kind} value in a feed of {as_kind} indicators")
             return False
+        if kind == "domain" and "." not in indicator.value:
+            # a feed line like "com" (or a stray word) would block a whole top-level domain
+            if not quiet:
+                self.reject(line, text, "a single-label name: it would block a whole"
+                                        " top-level domain")
+            return False
         if match is not None and kind != "domain":
             match = None
         if indicator.host_bits_set:

@@ -26,6 +26,17 @@ KINDS = ("domain", "url", "ip")
 RELOAD_THRESHOLD = 20_000
 
 
+def stored_value(kind: str, value: str) -> str:
+    """The form the index stores: canonical values as they are, except that a canonical
+    URL ("http://host/path") is stored as its key, without the scheme ("host/path"),
+    which is what look-up expressions are made of."""
+    if kind == "url":
+        scheme, sep, rest = value.partition("://")
+        if sep and scheme in ("http", "https"):
+            return rest
+    return value
+
+
 def url_host(key: str) -> str:
     """The host of a URL key ("host[:port]/path"), without its port."""
     authority = key.partition("/")[0]
@@ -183,12 +194,13 @@ class IndexWriter:
         wanted: dict[str, tuple] = {}
         for item in indicators:
             match = "exact" if item.kind != "domain" else (item.match or default_match)
-            key = item.kind[0] + item.value
+            value = stored_value(item.kind, item.value)
+            key = item.kind[0] + value
             previous = wanted.get(key)
             if previous is not None and previous[2] == "subtree":
                 match = "subtree"  # a name listed both ways means the whole subtree
             wanted[key] = (
-                item.kind, item.value, match, getattr(item, "expires_at", None),
+                item.kind, value, match, getattr(item, "expires_at", None),
                 getattr(item, "threat", None), getattr(item, "malware", None),
                 getattr(item, "confidence", None), getattr(item, "reference", None),
             )
@@ -311,6 +323,7 @@ class IndexWriter:
             raise AtrError(f"unknown indicator kind {kind!r}")
         _, feed_match = self._feed_name_match(feed_id)
         match = "exact" if kind != "domain" else (match or feed_match)
+        value = stored_value(kind, value)
         with transaction(self.conn):
             row = self.conn.execute(
                 "SELECT id FROM indicators WHERE feed_id=? AND kind=? AND value=?",
@@ -363,6 +376,123 @@ class IndexWriter:
                 self._recount(feed_id)
             return len(rows)
 
+    def apply_delta(
+        self,
+        feed_id: int,
+        adds: Iterable[IndicatorLike],
+        removes: Iterable[tuple[str, str]],
+        *,
+        max_shrink: float | None = None,
+        keep_missing_for: float | None = None,
+        now: float | None = None,
+        default_match: str | None = None,
+    ) -> Diff:
+        """Apply a known change to a feed without reading the rest of it (one transaction).
+
+        The feed-sync worker uses this when it can tell from a line diff exactly which
+        values came and went (a 1% change to a million-line list). ``adds`` are inserted,
+        or updated if their match or expiry changed (a value kept by ``keep_missing_for``
+        that is listed again loses its expiry); ``removes`` of (kind, value) are deleted, or
+        with ``keep_missing_for`` expire that many seconds from now. Raises
+        :class:`ShrinkHeld` (nothing written) beyond ``max_shrink`` of the feed.
+        """
+        now = time.time() if now is None else now
+        name, feed_match = self._feed_name_match(feed_id)
+        default_match = default_match or feed_match
+        wanted: dict[tuple[str, str], tuple] = {}
+        for item in adds:
+            match = "exact" if item.kind != "domain" else (item.match or default_match)
+            wanted[(item.kind, item.value)] = (
+                item.kind, item.value, match, getattr(item, "expires_at", None),
+                getattr(item, "threat", None), getattr(item, "malware", None),
+                getattr(item, "confidence", None), getattr(item, "reference", None),
+            )
+        gone_keys = [key for key in dict.fromkeys(removes) if key not in wanted]
+        diff = Diff(feed=name)
+        select = "SELECT id, match, expires_at FROM indicators WHERE feed_id=? AND kind=? AND value=?"
+        with transaction(self.conn):
+            total = int(self.conn.execute(
+                "SELECT indicator_count FROM feeds WHERE id=?", (feed_id,)).fetchone()[0])
+            gone = []
+            for kind, value in gone_keys:
+                row = self.conn.execute(select, (feed_id, kind, value)).fetchone()
+                if row is not None and not (keep_missing_for is not None and row[2] is not None):
+                    gone.append((int(row[0]), kind, value, row[1]))
+            if max_shrink is not None and total and len(gone) / total > max_shrink:
+                raise ShrinkHeld(
+                    f"feed {name!r}: the update would remove {len(gone)} of {total}"
+                    f" indicators ({len(gone) / total:.0%}), more than max_shrink"
+                    f" {max_shrink:.0%}; held back, the feed keeps its indicators"
+                )
+            inserts, updates = [], []
+            for w in wanted.values():
+                row = self.conn.execute(select, (feed_id, w[0], w[1])).fetchone()
+                if row is None:
+                    inserts.append(w)
+                elif row[1] != w[2] or row[2] != w[3]:
+                    updates.append((int(row[0]), w, row[1]))
+            bulk = len(inserts) + len(updates) + len(gone) > RELOAD_THRESHOLD
+            for w in inserts:
+                cur = self.conn.execute(
+                    "INSERT INTO indicators(feed_id, kind, value, match, first_seen, last_seen,"
+                    " expires_at, threat, malware, confidence, reference)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)", (feed_id, w[0], w[1], w[2], now, now, *w[3:]),
+                )
+                if not bulk:
+                    self._log("add", cur.lastrowid, feed_id, w[0], w[1], w[2], w[3])
+            for row_id, w, old_match in updates:
+                self.conn.execute(
+                    "UPDATE indicators SET match=?, expires_at=?, last_seen=? WHERE id=?",
+                    (w[2], w[3], now, row_id),
+                )
+                if not bulk:
+                    self._log("del", row_id, feed_id, w[0], w[1], old_match)
+                    self._log("add", row_id, feed_id, w[0], w[1], w[2], w[3])
+            for row_id, kind, value, match in gone:
+                if keep_missing_for is not None:
+                    at = now + keep_missing_for
+                    self.conn.execute("UPDATE indicators SET expires_at=? WHERE id=?", (at, row_id))
+                    if not bulk:
+                        self._log("expiry", row_id, feed_id, expires_at=at)
+                else:
+                    self.conn.execute("DELETE FROM indicators WHERE id=?", (row_id,))
+                    if not bulk:
+                        self._log("del", row_id, feed_id, kind, value, match)
+            if bulk:
+                self._log("reload", feed_id=feed_id)
+            self._recount(feed_id)
+            diff.added = len(inserts)
+            diff.changed = len(updates)
+            diff.removed = 0 if keep_missing_for is not None else len(gone)
+            diff.total = int(self.conn.execute(
+                "SELECT indicator_count FROM feeds WHERE id=?", (feed_id,)).fetchone()[0])
+            diff.unchanged = diff.total - diff.added - diff.changed
+            diff.sequence = self._sequence()
+        return diff
+
+    def set_suppressed(self, changes: Mapping[int, str | None]) -> int:
+        """Mark indicators (by id) as suppressed by the named list, or clear the mark
+        (None). A suppressed indicator is stored but not enforced: readers skip it. Logs
+        one 'reload' per feed touched so readers rebuild; returns the rows changed."""
+        if not changes:
+            return 0
+        with transaction(self.conn):
+            feeds: set[int] = set()
+            changed = 0
+            for indicator_id, list_name in changes.items():
+                row = self.conn.execute(
+                    "SELECT feed_id, suppressed_by FROM indicators WHERE id=?", (indicator_id,)
+                ).fetchone()
+                if row is None or row[1] == list_name:
+                    continue
+                self.conn.execute("UPDATE indicators SET suppressed_by=? WHERE id=?",
+                                  (list_name, indicator_id))
+                feeds.add(int(row[0]))
+                changed += 1
+            for feed_id in sorted(feeds):
+                self._log("reload", feed_id=feed_id)
+            return changed
+
     # -- exceptions --------------------------------------------------------------------
     def add_exception(
         self, scope: str, kind: str, value: str, *, feed_id: int | None = None,
@@ -373,6 +503,7 @@ class IndexWriter:
             raise AtrError("exception scope must be source or destination")
         if scope == "source" and kind != "ip":
             raise AtrError("a source exception is a client address or network")
+        value = stored_value(kind, value)
         with transaction(self.conn):
             row = self.conn.execute(
                 "SELECT id FROM exceptions WHERE scope=? AND kind=? AND value=?"
@@ -399,7 +530,7 @@ class IndexWriter:
     ) -> None:
         """Make a feed's own exceptions (adblock ``@@``, RPZ passthru) equal to ``items``
         of (scope, kind, value)."""
-        items = set(items)
+        items = {(scope, kind, stored_value(kind, value)) for scope, kind, value in items}
         with transaction(self.conn):
             have = {
                 (scope, kind, value): row_id for row_id, scope, kind, value in self.conn.execute(
