@@ -39,7 +39,8 @@ url
     * URL hosts are laxer than domain indicators, as the Safe Browsing examples require
       (``http://%01%80.com/``, ``http://%20leadingspace.com/``): any bytes except
       brackets, escaped; a name that is not valid IDNA keeps its bytes. A numeric host out
-      of IPv4 range stays a name.
+      of IPv4 range stays a name. Hosts also escape the characters RFC 3986 forbids in a
+      host (``"<>\\^`{|}``) and ``*``, which browsers never send.
     * a literal defang marker left after unescaping (``[.]``, ``(.)``, ``{.}``,
       ``[dot]``, ``[:]``, ``[://]``) has its middle character escaped (``[%2E]``) so that
       :func:`refang` never changes a canonical URL and canonicalisation stays idempotent.
@@ -52,11 +53,12 @@ The index stores a URL indicator as :func:`url_key`: the canonical URL without i
 by the Safe Browsing expressions of :func:`url_lookup_expressions`: host suffixes × path
 prefixes. Decisions:
 
-* port: ``":port"`` appears only for a non-default port, only in the key and in the
-  expressions of the exact host. A URL on a non-default port yields both ``host:port/...``
-  expressions (hitting port-pinned indicators) and plain ``host/...`` ones, so an
-  indicator without a port matches on any port. Parent hosts never carry the port. So
-  the cap is 30 expressions, 36 with a non-default port.
+* port: ``":port"`` appears only for a port other than 80 and 443 (a key has no scheme,
+  so both defaults are dropped whatever the scheme, and a key canonicalises to itself),
+  only in the key and in the expressions of the exact host. A URL on such a port yields
+  both ``host:port/...`` expressions (hitting port-pinned indicators) and plain
+  ``host/...`` ones, so an indicator without a port matches on any port. Parent hosts
+  never carry the port. So the cap is 30 expressions, 36 with a port.
 * an empty query (``/q?``) is a query: the canonical URL keeps the ``?`` (as the Safe
   Browsing examples do) and the expressions include ``path?`` so that a URL's key is
   always one of its own expressions.
@@ -376,7 +378,12 @@ _IPV4_PART = re.compile(r"0[xX][0-9a-fA-F]*|0[0-7]*|[1-9][0-9]*")
 # Safe Browsing escapes bytes <= 0x20, >= 0x7F, '#' and '%'; every other printable byte
 # is "safe" for quote_from_bytes.
 _SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in "#%")
+# Hosts also escape what RFC 3986 does not allow in a host name ('<', '^', ...) and '*'
+# (a wildcard is a feed's match mode): browsers never send such hosts, and an escaped
+# host reads back as a host in a scheme-less key.
+_HOST_SAFE = "".join(c for c in _SAFE if c not in '"<>\\^`{|}*')
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_KEY_DEFAULT_PORTS = frozenset(_DEFAULT_PORTS.values())
 
 
 class _Url(NamedTuple):
@@ -476,7 +483,7 @@ def _canonical_host(raw: str, original: str) -> str:
         numeric = _loose_ipv4(host.decode("ascii"))
         if numeric is not None:
             return numeric
-    return _escape(host)
+    return quote_from_bytes(host, safe=_HOST_SAFE)
 
 
 def _canonical_path(path: str) -> str:
@@ -586,15 +593,26 @@ def _escape_markers(text: str) -> str:
     return text
 
 
+def _hostport(parts: _Url) -> str:
+    # A key has no scheme, so it drops both default ports: "https://h:80/" and
+    # "http://h:443/" have the key "h/", and a key canonicalises to itself.
+    if parts.port is None or parts.port in _KEY_DEFAULT_PORTS:
+        return parts.host
+    return f"{parts.host}:{parts.port}"
+
+
 def _key(parts: _Url) -> str:
-    host = parts.host if parts.port is None else f"{parts.host}:{parts.port}"
+    host = _hostport(parts)
     if parts.query is None:
         return host + parts.path
     return f"{host}{parts.path}?{parts.query}"
 
 
 def _join(parts: _Url) -> str:
-    return f"{parts.scheme}://{_key(parts)}"
+    host = parts.host if parts.port is None else f"{parts.host}:{parts.port}"
+    if parts.query is None:
+        return f"{parts.scheme}://{host}{parts.path}"
+    return f"{parts.scheme}://{host}{parts.path}?{parts.query}"
 
 
 def canonical_url(value: str) -> str:
@@ -607,9 +625,10 @@ def canonical_url(value: str) -> str:
 
 
 def url_key(value: str) -> str:
-    """The indicator key of a URL: its canonical form without the scheme,
-    ``host[:port]/path[?query]``. This is what the index stores for URL indicators, and it
-    is always one of the URL's own :func:`url_lookup_expressions`."""
+    """The indicator key of a URL: its canonical form without the scheme (and so without
+    port 80 or 443 either), ``host[:port]/path[?query]``. This is what the index stores
+    for URL indicators; it is one of the URL's own :func:`url_lookup_expressions`, and
+    ``url_key(key) == key``."""
     return _key(_parse_url(value))
 
 
@@ -638,10 +657,11 @@ def host_suffixes(host: str) -> list[str]:
 def url_lookup_expressions(url: str) -> list[str]:
     """Every Safe Browsing expression ``host/path`` of a URL, most specific first.
 
-    The URL is canonicalised first. Hosts: with a non-default port, the exact
+    The URL is canonicalised first. Hosts: with a port other than 80 and 443, the exact
     ``host:port`` first; then :func:`host_suffixes`. Paths: path and query (when the URL
     has a ``?``), the path, and up to four prefixes ``/``, ``/a/``, ``/a/b/``,
-    ``/a/b/c/``. No duplicates; at most 30 expressions (36 with a non-default port).
+    ``/a/b/c/``. No duplicates; at most 30 expressions (36 with a port other than 80
+    and 443).
     """
     parts = _parse_url(url)
     path = parts.path
@@ -658,8 +678,9 @@ def url_lookup_expressions(url: str) -> list[str]:
         if prefix not in paths:
             paths.append(prefix)
     hosts = host_suffixes(parts.host)
-    if parts.port is not None:
-        hosts.insert(0, f"{parts.host}:{parts.port}")
+    hostport = _hostport(parts)
+    if hostport != parts.host:
+        hosts.insert(0, hostport)
     return [host + p for host in hosts for p in paths]
 
 
@@ -667,14 +688,14 @@ def url_lookup_expressions(url: str) -> list[str]:
 
 _IP_CHARS = re.compile(r"[0-9A-Fa-f:./\[\]%]+")
 _LOOKS_LIKE_IP = re.compile(r"[0-9.]+")
-_LOOKS_LIKE_CIDR = re.compile(r"[0-9A-Fa-f:.]+/[0-9]+")
+_LOOKS_LIKE_CIDR = re.compile(r"(?:[0-9.]+|[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*)/[0-9]+")
 
 
-def _strict_url_host(host: str) -> bool:
-    """Whether a canonical URL host is a real host (for guessing the kind of a value)."""
-    if host.startswith("[") or ip_to_int(host) is not None:
-        return True
-    return len(host) <= MAX_DOMAIN_LENGTH and _NAME.fullmatch(host) is not None
+# A value without a scheme is a URL only if what precedes its first "/" or "?" reads as an
+# authority: RFC 3986 host characters (escapes included, '*' excluded: wildcards are a
+# feed's match mode), IDN letters, ":port", "user@" and "[IPv6]". This keeps "a b/c" and
+# "<p>x</p>" out, and lets every canonical URL key read back as a URL.
+_AUTHORITY = re.compile(r"[A-Za-z0-9._~!$&'()+,;=%:@\[\]\u0080-\U0010ffff-]+")
 
 
 def _ip_error(value: str) -> InvalidIndicator:
@@ -698,9 +719,10 @@ def _guess(value: str) -> Indicator:
             pass
         else:
             return Indicator("ip", text, host_bits)
+    authority = re.split(r"[/?]", value, maxsplit=1)[0]
     if _LOOKS_LIKE_CIDR.fullmatch(value) or (
-        # Two colons without a scheme or brackets can only be a broken IPv6 address.
-        value.count(":") >= 2 and "://" not in value and value[0] != "["
+        # Two colons before any "/", without a scheme or brackets: a broken IPv6 address.
+        authority.count(":") >= 2 and value[0] != "["
         and not value.lower().startswith(("http:", "https:"))
     ):
         raise _ip_error(value)  # and "1.2.3.4/33" is a broken range, not a URL path
@@ -708,13 +730,12 @@ def _guess(value: str) -> Indicator:
     if match and value[match.end():match.end() + 2] == "//":
         return Indicator("url", canonical_url(value))
     if "/" in value or "?" in value or ":" in value:
-        parts = _parse_url(value)
-        if not _strict_url_host(parts.host):
+        if not _AUTHORITY.fullmatch(authority):
             raise InvalidIndicator(
                 value, "not a domain, URL or IP address (a URL without a scheme needs a "
-                "valid host)"
+                "host before its first '/')"
             )
-        return Indicator("url", _join(parts))
+        return Indicator("url", canonical_url(value))
     try:
         return Indicator("domain", canonical_domain(value))
     except InvalidIndicator:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import timeit
 
 import pytest
@@ -87,7 +88,9 @@ SAFE_BROWSING_EXAMPLES = [
 FURTHER_URL_CASES = [
     ("http://www.\u00fcmlat.com/", "http://www.xn--mlat-zra.com/"),  # IDN host → punycode
     ("http%3A%2F%2Fwackyurl.com:80/", "http://wackyurl.com/"),  # unescape before parsing
-    ("http://W!eird<>Ho$^.com/", "http://w!eird<>ho$^.com/"),  # URL hosts are lax
+    # URL hosts are lax, but characters RFC 3986 forbids in a host are escaped (the Go
+    # client keeps "<>^" as they are) so that the key reads back as a URL.
+    ("http://W!eird<>Ho$^.com/", "http://w!eird%3C%3Eho$%5E.com/"),
     ("http://[2001:470:1:18::114]/", "http://[2001:470:1:18::114]/"),
     ("http://i.have.way.too.many.dots.com/", "http://i.have.way.too.many.dots.com/"),
     # The Go client keeps lower-case hex here; the doc asks for upper case, so do we.
@@ -199,6 +202,13 @@ def test_url_key_is_canonical_url_without_scheme():
     assert url_key("HTTPS://Evil.COM:8443/a/../b?q=1#frag") == "evil.com:8443/b?q=1"
     assert url_key("https://evil.com:443/") == "evil.com/"
     assert url_key("evil.com") == "evil.com/"
+
+
+def test_url_key_drops_both_default_ports_because_it_has_no_scheme():
+    assert canonical_url("https://evil.com:80/x") == "https://evil.com:80/x"
+    assert url_key("https://evil.com:80/x") == "evil.com/x"
+    assert url_key("http://evil.com:443/x") == "evil.com/x"
+    assert url_lookup_expressions("http://evil.com:443/x") == ["evil.com/x", "evil.com/"]
 
 
 # --- Safe Browsing look-up expressions ---------------------------------------------------
@@ -538,6 +548,8 @@ def test_refang_undoes_common_defanging(given_value, expected):
         ("1.2.3.4:8080/x", "url"),
         ("evil.com:8080", "url"),
         ("[2001:db8::1]/a", "url"),
+        ("%20leadingspace.com/", "url"),
+        ("b\u00fccher.example/a", "url"),
         ("1.2.3.4", "ip"),
         ("1[.]2[.]3[.]4", "ip"),
         ("1.2.3.0/24", "ip"),
@@ -562,7 +574,9 @@ def test_classify_mixed_feed_values(given_value, kind):
         ("2001:db8::zz", "not an IPv4 or IPv6"),
         ("ftp://evil.com/", "unsupported scheme"),
         ("mailto:x@evil.com", "unsupported scheme"),
-        ("%20leadingspace.com/", "valid host"),
+        ("not a valid entry/x", "host before its first '/'"),
+        ("<p>evil.com</p>", "host before its first '/'"),
+        ("*.evil.com/x", "host before its first '/'"),
         ("ev il.com", "' '"),
     ],
 )
@@ -694,6 +708,10 @@ def test_property_url_canonical_form_is_idempotent(value):
 
 @settings(max_examples=300)
 @given(st.one_of(urls(), messy_urls()))
+@example("%2a")  # host "*": escaped, so the key still reads as a URL
+@example("http://0.0.0.0:8080/0")  # "ip:port/n" is no CIDR range
+@example("http://3279880203/::")  # colons after the first "/" are path
+@example("https://evil.com:80/")
 def test_property_url_key_is_one_of_its_own_expressions(value):
     try:
         key = url_key(value)
@@ -702,6 +720,11 @@ def test_property_url_key_is_one_of_its_own_expressions(value):
         return
     assert key in expressions
     assert len(expressions) == len(set(expressions)) <= 36
+    # A stored key canonicalises to itself and reads back as a URL.
+    assert url_key(key) == key
+    # ...except that a key like "1.2.3.4/24" (from "http://1.2.3.4/24") reads as a range.
+    if not re.fullmatch(r"[0-9a-f:.\[\]]+/[0-9]+", key):
+        assert classify(key) == "url"
 
 
 _FUNCTIONS = [
