@@ -345,6 +345,13 @@ def _is_ip(value: str) -> bool:
     return True
 
 
+def _may_be_ip(value: str) -> bool:
+    """A cheap pre-check: only text with a ':' or ending in a digit (before any '/') can
+    be an address or range, so most names skip the exception-raising full parse."""
+    head = value.partition("/")[0].rstrip()
+    return ":" in head or (bool(head) and head[-1] in _DIGITS)
+
+
 def canonical_ip(value: str) -> tuple[str, bool]:
     """(canonical text, host_bits_set) of an IPv4/IPv6 address or CIDR range.
 
@@ -632,6 +639,15 @@ def url_key(value: str) -> str:
     return _key(_parse_url(value))
 
 
+def url_key_host(key: str) -> str:
+    """The host of a URL key ("host[:port]/path?query"), without its port. Cheap: the key
+    is already canonical."""
+    authority = key.partition("/")[0]
+    if authority.startswith("["):
+        return authority[: authority.find("]") + 1]
+    return authority.partition(":")[0]
+
+
 def host_suffixes(host: str) -> list[str]:
     """Safe Browsing host expressions of a canonical host, exact host first.
 
@@ -710,6 +726,8 @@ def _guess(value: str) -> Indicator:
     """Indicator of a refanged value of unknown kind (see :func:`classify`)."""
     if not value:
         raise InvalidIndicator(value, "empty value")
+    if "/" not in value and "?" not in value and ":" not in value and value[-1] not in _DIGITS:
+        return Indicator("domain", canonical_domain(value))  # the common case, cheaply
     # IP and CIDR first: "1.2.3.0/24" is a range, not a scheme-less URL. The character
     # test spares names the cost of a failed address parse.
     if _IP_CHARS.fullmatch(value):
@@ -774,7 +792,7 @@ def canonicalize(value: str, kind: str = "auto") -> Indicator:
     if kind == "auto":
         return _auto(text, value)
     if kind == "domain":
-        if _is_ip(text):
+        if _may_be_ip(text) and _is_ip(text):
             ip_text, host_bits = canonical_ip(text)
             return Indicator("ip", ip_text, host_bits)
         return Indicator("domain", canonical_domain(text))

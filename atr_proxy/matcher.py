@@ -28,8 +28,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .index.writer import url_host as _url_host
-from .indicators import ip_network, ip_to_int, url_lookup_expressions
+from .indicators import ip_network, ip_to_int, url_key_host, url_lookup_expressions
 
 EXACT, SUBTREE, URL, URL_HOST = 0, 1, 2, 3
 MODE_OF = {"exact": EXACT, "subtree": SUBTREE}
@@ -540,7 +539,7 @@ class Snapshot:
                 else:
                     names.remove(value, tag, ident)
             elif kind == "url":
-                host = _url_host(value)
+                host = url_key_host(value)
                 if op == "add":
                     names.add(value, slot << 2 | URL, ident)
                     url_hosts += names.add_ref(host, slot << 2 | URL_HOST)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import AtrError, RejectedFile, ShrinkHeld
+from ..indicators import url_key_host as url_host
 from .db import transaction
 
 MODULES = ("mdr", "xops", "third_party")
@@ -35,14 +36,6 @@ def stored_value(kind: str, value: str) -> str:
         if sep and scheme in ("http", "https"):
             return rest
     return value
-
-
-def url_host(key: str) -> str:
-    """The host of a URL key ("host[:port]/path"), without its port."""
-    authority = key.partition("/")[0]
-    if authority.startswith("["):
-        return authority[: authority.find("]") + 1]
-    return authority.partition(":")[0]
 
 
 class IndicatorLike(Protocol):
@@ -402,12 +395,14 @@ class IndexWriter:
         wanted: dict[tuple[str, str], tuple] = {}
         for item in adds:
             match = "exact" if item.kind != "domain" else (item.match or default_match)
-            wanted[(item.kind, item.value)] = (
-                item.kind, item.value, match, getattr(item, "expires_at", None),
+            value = stored_value(item.kind, item.value)
+            wanted[(item.kind, value)] = (
+                item.kind, value, match, getattr(item, "expires_at", None),
                 getattr(item, "threat", None), getattr(item, "malware", None),
                 getattr(item, "confidence", None), getattr(item, "reference", None),
             )
-        gone_keys = [key for key in dict.fromkeys(removes) if key not in wanted]
+        gone_keys = [key for key in dict.fromkeys((k, stored_value(k, v)) for k, v in removes)
+                     if key not in wanted]
         diff = Diff(feed=name)
         select = "SELECT id, match, expires_at FROM indicators WHERE feed_id=? AND kind=? AND value=?"
         with transaction(self.conn):
