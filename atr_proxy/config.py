@@ -184,6 +184,18 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class SyncSettings:
+    """The feed-sync worker's own knobs (``sync:`` in atr.yaml)."""
+
+    concurrency: int = 4         # feeds fetched at once
+    jitter: float = 0.1          # each run is moved by up to this share of the interval
+    retries: int = 2             # extra attempts after a transport error, 5xx or 429
+    backoff: float = 1.0         # seconds before the first retry; doubles each time
+    housekeeping: float = 60.0   # seconds between expiry purges and change-log pruning
+    keep_changes: float = 86400.0  # change-log entries older than this are pruned
+
+
+@dataclass(frozen=True)
 class EventSettings:
     jsonl: str | None = "events.jsonl"
     syslog: str | None = None    # udp://host:514 or tcp://host:514
@@ -202,6 +214,7 @@ class Settings:
     dns: DnsSettings = field(default_factory=DnsSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
     source: Path | None = None
 
     def feed(self, name: str) -> FeedSettings | None:
@@ -240,7 +253,7 @@ def from_mapping(data: Any, *, base: Path = Path("."), env: Mapping[str, str] | 
     env = os.environ if env is None else env
     r = _Reader(env, base)
     top = r.mapping(data, "", {"index", "modules", "feeds", "exceptions", "suppress", "proxy",
-                               "dns", "admin", "events"})
+                               "dns", "admin", "events", "sync"})
     modules = {m: ModuleSettings() for m in ("mdr", "xops", "third_party")}
     for name, value in r.mapping(top.get("modules", {}), "modules",
                                  {"mdr", "xops", "third_party"}).items():
@@ -269,7 +282,7 @@ def from_mapping(data: Any, *, base: Path = Path("."), env: Mapping[str, str] | 
         modules=modules, feeds=feeds, exceptions=exceptions, suppress=suppress,
         proxy=r.proxy(top.get("proxy", {})), dns=r.dns(top.get("dns", {})),
         admin=r.admin(top.get("admin", {})), events=r.events(top.get("events", {})),
-        source=source,
+        sync=r.sync(top.get("sync", {})), source=source,
     )
 
 
@@ -347,6 +360,8 @@ class _Reader:
                 "interval", "auth", "verify_tls", "ca_file", "timeout", "max_bytes", "match",
                 "expire_after", "max_shrink", "options", "preset"}
         d = self.mapping(value, path, keys)
+        if "preset" in d:
+            d = self.preset(d, path)
         if "name" not in d:
             raise ConfigError(path, "a feed needs a name")
         name = self.text(d["name"], f"{path}.name")
@@ -370,6 +385,9 @@ class _Reader:
             "column", "delimiter", "comment_prefixes", "has_header", "json_items",
             "json_value", "json_type", "type_map", "json_expiry", "json_threat",
             "json_malware", "json_confidence", "json_reference"})
+        from .feeds.formats import FormatOptions  # late: the parsers import the canonicaliser
+
+        FormatOptions.from_mapping(options, f"{path}.options")  # raises naming the bad key
         return FeedSettings(
             name=name,
             module=self.choice(d.get("module", "third_party"), f"{path}.module",
@@ -397,6 +415,22 @@ class _Reader:
             preset=self.text(d["preset"], f"{path}.preset") if "preset" in d else None,
         )
 
+    def preset(self, d: dict[str, Any], path: str) -> dict[str, Any]:
+        """A feed that names a preset: the preset's keys, overridden by the feed's own
+        (``options`` are merged key by key); the name defaults to the preset's."""
+        from .feeds.presets import load_presets  # late: only configs that use presets
+
+        name = self.text(d["preset"], f"{path}.preset")
+        presets = load_presets()
+        if name not in presets:
+            raise ConfigError(f"{path}.preset",
+                              f"unknown preset {name!r} (known: {', '.join(sorted(presets))})")
+        merged = {**presets[name].feed, **d}
+        if isinstance(d.get("options"), Mapping):
+            merged["options"] = {**presets[name].feed.get("options", {}), **d["options"]}
+        merged.setdefault("name", name)
+        return merged
+
     def auth(self, value: Any, path: str) -> Auth:
         d = self.mapping(value, path, {"type", "user", "password", "token", "name", "value",
                                        "in"})
@@ -421,10 +455,18 @@ class _Reader:
         d = self.mapping(value, path, {"scope", "value", "comment"})
         if "value" not in d:
             raise ConfigError(path, "an exception needs a value")
+        scope = self.choice(d.get("scope", "destination"), f"{path}.scope",
+                            ("source", "destination"))
+        text = self.text(d["value"], f"{path}.value")
+        from .indicators import canonical_ip, canonicalize  # late, as in networks()
+
+        try:
+            canonical_ip(text) if scope == "source" else canonicalize(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}.value", str(exc)) from None
         return ExceptionSettings(
-            scope=self.choice(d.get("scope", "destination"), f"{path}.scope",
-                              ("source", "destination")),
-            value=self.text(d["value"], f"{path}.value"),
+            scope=scope,
+            value=text,
             comment=self.text(d["comment"], f"{path}.comment") if "comment" in d else None,
         )
 
@@ -496,6 +538,24 @@ class _Reader:
             listen=parse_hostport(d["listen"], "admin.listen", 8081) if "listen" in d
             else AdminSettings().listen,
             token=self.secret(d["token"], "admin.token") if "token" in d else None,
+        )
+
+    def sync(self, value: Any) -> SyncSettings:
+        d = self.mapping(value or {}, "sync", {"concurrency", "jitter", "retries", "backoff",
+                                              "housekeeping", "keep_changes"})
+        default = SyncSettings()
+        return SyncSettings(
+            concurrency=int(self.number(d.get("concurrency", default.concurrency),
+                                        "sync.concurrency", low=1, high=64)),
+            jitter=float(self.number(d.get("jitter", default.jitter), "sync.jitter",
+                                     low=0, high=0.5)),
+            retries=int(self.number(d.get("retries", default.retries), "sync.retries",
+                                    low=0, high=10)),
+            backoff=parse_duration(d.get("backoff", default.backoff), "sync.backoff"),
+            housekeeping=parse_duration(d.get("housekeeping", default.housekeeping),
+                                        "sync.housekeeping"),
+            keep_changes=parse_duration(d.get("keep_changes", default.keep_changes),
+                                        "sync.keep_changes"),
         )
 
     def events(self, value: Any) -> EventSettings:
