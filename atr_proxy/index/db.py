@@ -47,6 +47,9 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.
             if mode.lower() != "wal":
                 raise IndexUnavailable(f"index {path}: cannot switch to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # a big page cache keeps the (feed, kind, value) index in memory while a large
+            # feed is written; it is an upper bound, only used when needed
+            conn.execute("PRAGMA cache_size=-131072")
             conn.execute("PRAGMA foreign_keys=ON")
             migrate(conn)
         else:

@@ -210,7 +210,9 @@ class IndexWriter:
                     f"feed {name!r}: the new list is empty and would remove all "
                     f"{len(existing)} indicators; refused (use --allow-empty to empty it)"
                 )
-            adds = [w for k, w in wanted.items() if k not in existing]
+            # sorted like the unique index, so that inserting touches its pages in order
+            adds = sorted((w for k, w in wanted.items() if k not in existing),
+                          key=lambda w: (w[0], w[1]))
             gone = [(k, v) for k, v in existing.items() if k not in wanted]
             if max_shrink is not None and existing and len(gone) / len(existing) > max_shrink:
                 raise ShrinkHeld(
@@ -232,10 +234,9 @@ class IndexWriter:
                 else:
                     deletes.append((row_id, key))
             bulk = len(adds) + len(deletes) + len(changed) + len(expiring) > RELOAD_THRESHOLD
-            if wanted:
-                self.conn.execute(
-                    "UPDATE indicators SET last_seen=? WHERE feed_id=?", (now, feed_id)
-                )
+            # Kept rows are not rewritten (that would cost a write per indicator on every
+            # sync): a current member was last seen at the feed's last_success, and
+            # last_seen records when an indicator was last added or changed.
             insert = (
                 "INSERT INTO indicators(feed_id, kind, value, match, first_seen, last_seen,"
                 " expires_at, threat, malware, confidence, reference)"
