@@ -44,7 +44,7 @@ def test_replace_feed_diffs_and_keeps_first_seen(writer):
     assert rows == {"b.example": 1000.0, "192.0.2.1": 2000.0}
     last_seen = writer.conn.execute(
         "SELECT last_seen FROM indicators WHERE value='b.example'").fetchone()[0]
-    assert last_seen == 2000.0
+    assert last_seen == 1000.0  # kept rows are not rewritten; the feed's sync time says it
     count = writer.conn.execute("SELECT indicator_count FROM feeds WHERE id=?", (feed,))
     assert count.fetchone()[0] == 2
 
