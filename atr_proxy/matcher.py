@@ -28,7 +28,13 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .indicators import ip_network, ip_to_int, url_key_host, url_lookup_expressions
+from .indicators import (
+    canonical_domain,
+    ip_network,
+    ip_to_int,
+    url_key_host,
+    url_lookup_expressions,
+)
 
 EXACT, SUBTREE, URL, URL_HOST = 0, 1, 2, 3
 MODE_OF = {"exact": EXACT, "subtree": SUBTREE}
@@ -424,7 +430,11 @@ class Snapshot:
         """URL indicators hit by any Safe Browsing expression of ``url`` (any form that
         ``atr_proxy.indicators.url_lookup_expressions`` accepts)."""
         hits: list[Hit] = []
-        for expr in url_lookup_expressions(url):
+        try:
+            expressions = url_lookup_expressions(url)
+        except ValueError:  # not a URL we can canonicalise: its host is still checked
+            return hits
+        for expr in expressions:
             for tag, ident in self.names.find(expr):
                 if tag & 3 != URL:
                     continue
@@ -466,6 +476,7 @@ class Snapshot:
         if client is not None:
             hits += self.match_ip(client, "client")
         if host:
+            host = lookup_name(host)
             literal = ip_to_int(host)
             if literal is not None:
                 hits += self.match_ip(literal, host_target)
@@ -557,6 +568,18 @@ class Snapshot:
         return Snapshot(generation=generation, slots=slots, names=names, ip4=ip4, ip6=ip6,
                         next_expiry=next_expiry, confirm=self.confirm, url_hosts=url_hosts,
                         exceptions=self.exceptions)
+
+
+def lookup_name(host: str) -> str:
+    """A request's host name in the form indicators are stored in: lower case, no
+    trailing dot, IDN as punycode. Cheap for the usual ASCII name; never raises."""
+    if host.isascii():
+        name = host.lower()
+        return name.rstrip(".") if name.endswith(".") else name
+    try:
+        return canonical_domain(host)
+    except ValueError:
+        return host.lower()
 
 
 def _assign_slots(feeds: list[Feed], slots: list[Feed | None]) -> list[Feed | None]:

@@ -35,6 +35,14 @@ def test_domain_indicator_matches_subdomains_on_label_boundary(writer, snapshot_
     assert snap.match_name("com") == []
 
 
+def test_request_host_is_normalised_before_lookup(writer, snapshot_of):
+    fill(writer, "f", [("domain", "evil.com"), ("domain", "xn--bcher-kva.example")])
+    snap = snapshot_of()
+    assert values(snap.check(host="WWW.Evil.COM.")) == ["evil.com"]
+    assert values(snap.check(host="www.bücher.example")) == ["xn--bcher-kva.example"]
+    assert snap.check(host="evil.com", url="http://evil.com/%%%zz\x00<") != []
+
+
 def test_exact_match_mode_matches_only_the_name(writer, snapshot_of):
     fill(writer, "f", [("domain", "only.example", "exact")])
     snap = snapshot_of()
