@@ -197,6 +197,10 @@ def _add(result: SuppressionList, value: str) -> None:
         net = ip_network(ind.value)
         result.add_network(net.version, int(net.network_address), int(net.broadcast_address))
     elif ind.kind == "domain":
+        if "." not in ind.value:  # a bare label is no site: never let it hide a TLD
+            result.entries -= 1
+            result.skipped += 1
+            return
         result.names.add(ind.value)
     else:
         result.urls.add(url_key(ind.value) if "://" in ind.value else ind.value)
