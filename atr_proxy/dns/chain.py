@@ -1,0 +1,134 @@
+"""The resolver as a chain of small links with one shape (after Blocky's resolvers).
+
+Every concern is a :class:`Link` with ``async resolve(request) -> Reply`` and a ``next``
+link it may call. A link either answers itself (REFUSED, a sinkhole, a cached answer) or
+awaits ``next`` and looks at, or replaces, what comes back. The order, outermost first::
+
+    QueryLog         events for every block and monitored hit; the optional query log
+    ClientAccess     clients outside dns.allow_clients: REFUSED (never an open resolver)
+    RateLimit        per-client token bucket: REFUSED (only when dns.rate_limit is set)
+    IndexGate        fixes the snapshot for this query; SERVFAIL until one is loaded
+    ClientIndicator  the client's address against IP indicators
+    NamePolicy       the query name against domain indicators
+    AnswerInspection CNAME/DNAME/SVCB names and A/AAAA/hint addresses of the answer
+    Cache            upstream answers, TTL-respecting, LRU-bounded, negative per RFC 2308
+    Upstream         UDP with TCP retry on truncation, timeout, failover
+
+A query travels down and its answer back up, so the answer passes answer inspection after
+the cache (a cached answer is inspected again under a newer snapshot) and the query log
+sees the final answer. Policy is checked before the cache, so a name that became an
+indicator is sinkholed on its next query even while an allowed answer is cached.
+
+Most queries never wait (blocked, cached, refused): :func:`start` runs the chain's
+coroutine eagerly, like Python 3.12's eager tasks, and only a query that really waits
+(for an upstream) becomes an asyncio task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..indicators import ip_to_int
+from .wire import Query, Scan
+
+if TYPE_CHECKING:
+    from ..matcher import Snapshot
+    from ..policy import Verdict
+
+
+class Request:
+    """One query on its way through the chain."""
+
+    __slots__ = ("query", "client", "client_key", "transport", "snap", "findings",
+                 "started")
+
+    def __init__(self, query: Query, client: str, transport: str, started: float = 0.0,
+                 client_key: tuple[int, int] | None | bool = False) -> None:
+        self.query = query
+        self.client = client                  # the client's address, as text
+        # (version, int) for IP look-ups
+        self.client_key = client_key if client_key is not False else ip_to_int(client)
+        self.transport = transport            # udp | tcp
+        self.snap: Snapshot | None = None     # fixed for the whole query by IndexGate
+        # (verdict, dest_ip, event_id, report) of every stage that had hits; report is
+        # False for a repeat folded into an earlier event
+        self.findings: list[tuple[Verdict, str | None, str | None, bool]] = []
+        self.started = started
+
+
+class Reply:
+    """The answer a link gives: the bytes for the client and where they came from."""
+
+    __slots__ = ("wire", "rcode", "source", "scan", "entry", "detail")
+
+    def __init__(self, wire: bytes, rcode: int, source: str, *, scan: Scan | None = None,
+                 entry: object = None, detail: str = "") -> None:
+        self.wire = wire        # the reply, with the client's id and question
+        self.rcode = rcode
+        self.source = source    # refused | error | sinkhole | cache | upstream | servfail
+        self.scan = scan        # an upstream answer's scan, for inspection
+        self.entry = entry      # the cache entry this answer is (or was stored as)
+        self.detail = detail
+
+
+class Link:
+    """One concern of the resolver; ``next`` is the rest of the chain."""
+
+    next: Link | None = None
+
+    def __init__(self, next: Link | None = None) -> None:
+        self.next = next
+
+    async def resolve(self, request: Request) -> Reply:
+        assert self.next is not None, f"{type(self).__name__} is the end of the chain"
+        return await self.next.resolve(request)
+
+
+def chain(*links: Link) -> Link:
+    """Link ``links`` in order and return the first."""
+    for outer, inner in zip(links, links[1:], strict=False):
+        outer.next = inner
+    return links[0]
+
+
+def start(head: Link, request: Request,
+          done: Callable[[asyncio.Future[Reply]], None]) -> Reply | None:
+    """Run the chain for ``request``. Returns the reply at once if no link had to wait;
+    otherwise returns None and calls ``done(task)`` when the reply is ready. Raises what
+    a link raised before it first waited."""
+    coro = head.resolve(request)
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    task = asyncio.get_running_loop().create_task(_finish(coro, yielded))
+    task.add_done_callback(done)
+    return None
+
+
+async def _finish(coro, yielded):  # type: ignore[no-untyped-def]
+    """Drive an already started coroutine to its end from inside a task."""
+    while True:
+        try:
+            if yielded is None:
+                await asyncio.sleep(0)
+            else:
+                # as a Task does with a yielded future: clear the flag its own yield set,
+                # then wait on it here
+                yielded._asyncio_future_blocking = False
+                await yielded
+        except BaseException as exc:  # noqa: BLE001
+            if yielded is None or not yielded.done():
+                # this task itself was cancelled: let the coroutine clean up
+                try:
+                    yielded = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            # else the coroutine reads the future's outcome itself when resumed
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
