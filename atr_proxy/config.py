@@ -175,6 +175,7 @@ class DnsSettings:
     cache_size: int = 10_000
     rate_limit: float = 0.0      # queries per second per client; 0 = off
     query_log: bool = False
+    event_window: float | None = None  # repeats of one hit folded; None: sinkhole_ttl
 
 
 @dataclass(frozen=True)
@@ -506,7 +507,7 @@ class _Reader:
         d = self.mapping(value or {}, "dns", {"listen", "upstreams", "allow_clients",
                                              "sinkhole", "sinkhole_address", "sinkhole_ttl",
                                              "timeout", "cache_size", "rate_limit",
-                                             "query_log"})
+                                             "query_log", "event_window"})
         default = DnsSettings()
         sinkhole = self.choice(d.get("sinkhole", "nxdomain"), "dns.sinkhole",
                                ("nxdomain", "nodata", "null", "address", "refused"))
@@ -515,6 +516,14 @@ class _Reader:
             enumerate(self.sequence(d.get("sinkhole_address", []), "dns.sinkhole_address")))
         if sinkhole == "address" and not addresses:
             raise ConfigError("dns.sinkhole_address", "required when dns.sinkhole is address")
+        for i, text in enumerate(addresses):
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(text)
+            except ValueError:
+                raise ConfigError(f"dns.sinkhole_address[{i}]",
+                                  f"{text!r} is not an IPv4 or IPv6 address") from None
         return DnsSettings(
             listen=parse_hostport(d["listen"], "dns.listen", 53) if "listen" in d
             else default.listen,
@@ -530,6 +539,8 @@ class _Reader:
             cache_size=int(self.number(d.get("cache_size", 10_000), "dns.cache_size", low=0)),
             rate_limit=float(self.number(d.get("rate_limit", 0), "dns.rate_limit", low=0)),
             query_log=self.boolean(d.get("query_log", False), "dns.query_log"),
+            event_window=float(self.number(d["event_window"], "dns.event_window", low=0))
+            if d.get("event_window") is not None else None,
         )
 
     def admin(self, value: Any) -> AdminSettings:
