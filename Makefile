@@ -29,6 +29,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_matcher.py
+	$(BIN)/python bench/bench_sync.py
 
 # the DNS resolver against dnsmasq with dnsperf (dnsmasq-base: the binary, no system service)
 bench-dns: $(STAMP)
