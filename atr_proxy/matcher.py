@@ -106,10 +106,13 @@ class NameTable:
     reference count in place of the id.
     """
 
-    __slots__ = ("keys", "ids", "size", "filled", "live", "bloom", "bloom_mask")
+    __slots__ = ("keys", "ids", "base", "size", "filled", "live", "bloom", "bloom_mask")
 
-    def __init__(self, capacity: int) -> None:
-        self.size = max(16, int(capacity / LOAD_FACTOR) + 1)
+    def __init__(self, capacity: int, tail: int = 0) -> None:
+        # ``base`` is the modulus of a key's home slot; the arrays may run ``tail`` slots
+        # past it (a table built in bulk), and probes wrap at their end.
+        self.base = max(16, int(capacity / LOAD_FACTOR) + 1)
+        self.size = self.base + tail
         self.keys = array("q", bytes(8 * self.size))
         self.ids = array("I", bytes(4 * self.size))
         self.filled = 0  # slots ever used, tombstones included
@@ -120,7 +123,8 @@ class NameTable:
 
     def copy(self) -> NameTable:
         other = NameTable.__new__(NameTable)
-        other.size, other.filled, other.live = self.size, self.filled, self.live
+        other.base, other.size = self.base, self.size
+        other.filled, other.live = self.filled, self.live
         other.keys = array("q", self.keys)
         other.ids = array("I", self.ids)
         other.bloom = bytearray(self.bloom)
@@ -135,7 +139,7 @@ class NameTable:
         """Count one more reference to a marker key; True if the key is new."""
         key = (hash(text) & HASH_MASK) | tag
         keys, ids, size = self.keys, self.ids, self.size
-        i = (key >> TAG_BITS) % size
+        i = (key >> TAG_BITS) % self.base
         k = keys[i]
         while k:
             if k == key and ids[i]:
@@ -152,7 +156,7 @@ class NameTable:
         """Drop one reference to a marker key; True if that was the last one."""
         key = (hash(text) & HASH_MASK) | tag
         keys, ids, size = self.keys, self.ids, self.size
-        i = (key >> TAG_BITS) % size
+        i = (key >> TAG_BITS) % self.base
         k = keys[i]
         while k:
             if k == key and ids[i]:
@@ -169,7 +173,7 @@ class NameTable:
 
     def _put(self, key: int, ident: int) -> None:
         keys, ids, size = self.keys, self.ids, self.size
-        i = (key >> TAG_BITS) % size
+        i = (key >> TAG_BITS) % self.base
         free = -1
         k = keys[i]
         while k:
@@ -195,7 +199,7 @@ class NameTable:
     def remove(self, text: str, tag: int, ident: int) -> bool:
         key = (hash(text) & HASH_MASK) | tag
         keys, ids, size = self.keys, self.ids, self.size
-        i = (key >> TAG_BITS) % size
+        i = (key >> TAG_BITS) % self.base
         k = keys[i]
         while k:
             if k == key and ids[i] == ident:
@@ -215,7 +219,7 @@ class NameTable:
         if not self.bloom[b >> 3] >> (b & 7) & 1:
             return []
         keys, ids, size = self.keys, self.ids, self.size
-        i = (h >> TAG_BITS) % size
+        i = (h >> TAG_BITS) % self.base
         k = keys[i]
         found: list[tuple[int, int]] = []
         while k:
@@ -237,7 +241,7 @@ class NameTable:
         return other
 
     def needs_room(self, extra: int) -> bool:
-        return self.filled + extra > self.size * MAX_FILL
+        return self.filled + extra > self.base * MAX_FILL
 
 
 class IpRanges:
@@ -408,7 +412,7 @@ class Snapshot:
         names, slots = self.names, self.slots
         keys, ids, size = names.keys, names.ids, names.size
         url_host = False
-        i = (h >> TAG_BITS) % size
+        i = (h >> TAG_BITS) % names.base
         k = keys[i]
         while k:
             if k & HASH_MASK == h and ids[i]:
@@ -608,85 +612,105 @@ def build_snapshot(
     *,
     generation: int,
     feeds: list[Feed],
-    rows: Iterable[tuple[int, int, int, str]],
-    capacity: int,
+    rows: Iterable[tuple[int, int, int, str, str | None]],
+    capacity: int = 0,
     next_expiry: float | None = None,
     confirm: Callable[[int, str], bool] | None = None,
 ) -> Snapshot:
-    """Build a snapshot from rows of (indicator id, feed id, code, canonical value) where
-    code is 0 for an exact domain, 1 for a subtree domain, 2 for a URL and 3 for an IP
-    (``atr_proxy.index.reader.live_indicators`` selects them so).
+    """Build a snapshot from rows of (indicator id, feed id, code, canonical value, URL host)
+    where code is 0 for an exact domain, 1 for a subtree domain, 2 for a URL (whose host,
+    without port, is the fifth field) and 3 for an IP; ``reader.live_indicators`` selects
+    them so. ``capacity`` is only a hint.
 
-    ``capacity`` is the expected number of name-table entries (domains, URLs and distinct
-    URL hosts per feed); a good estimate avoids a resize. The loop is written out inline
-    because it runs once per indicator at every start: a method call per row would cost
-    more than the insertion itself.
+    This runs once per indicator at every start, so the table is built with numpy rather
+    than a Python loop: entries sorted by home slot get their linear-probing slot from a
+    running maximum (slot_i = i + max_{j<=i}(home_j - j)), which is exactly where one-by-one
+    insertion would have put them. The result is plain ``array`` objects; numpy is not used
+    on the look-up path.
     """
+    import numpy as np
+
     slots = _assign_slots(feeds, [None])
-    slot_of = {feed.id: i for i, feed in enumerate(slots) if feed is not None}
-    names = NameTable(capacity)
+    top = max((feed.id for feed in feeds), default=0)
+    tag_of = np.full(top + 1, -1, dtype=np.int64)  # feed id -> slot << 2, or -1: skip
+    for i, feed in enumerate(slots):
+        if feed is not None:
+            tag_of[feed.id] = i << 2
+    key_parts: list[np.ndarray] = []
+    id_parts: list[np.ndarray] = []
+    marker_parts: list[np.ndarray] = []
     v4: list[tuple[int, int, int, int]] = []
     v6: list[tuple[int, int, int, int]] = []
+    fetch = getattr(rows, "fetchmany", None)
+    chunks = iter(lambda: fetch(65_536), []) if fetch else _chunked(rows, 65_536)
+    for chunk in chunks:
+        idents, feed_ids, codes, values, hosts = zip(*chunk, strict=True)
+        feed_arr = np.array(feed_ids, dtype=np.int64)
+        tags = np.where(feed_arr <= top, tag_of[np.minimum(feed_arr, top)], -1)
+        code = np.array(codes, dtype=np.int64)
+        for j in np.flatnonzero((code == 3) & (tags >= 0)).tolist():
+            version, start, end = _interval(values[j])
+            (v4 if version == 4 else v6).append((start, end, int(tags[j]) >> 2, idents[j]))
+        keep = (code != 3) & (tags >= 0)
+        hashed = np.fromiter(map(hash, values), dtype=np.int64, count=len(values))
+        key_parts.append(((hashed & HASH_MASK) | tags | np.where(code == 2, URL, code))[keep])
+        id_parts.append(np.array(idents, dtype=np.int64)[keep])
+        urls = np.flatnonzero((code == 2) & keep)
+        if len(urls):
+            hashed = np.fromiter(map(hash, map(hosts.__getitem__, urls.tolist())),
+                                 dtype=np.int64, count=len(urls))
+            marker_parts.append((hashed & HASH_MASK) | tags[urls] | URL_HOST)
+    keys = np.concatenate(key_parts) if key_parts else np.zeros(0, np.int64)
+    ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
     url_hosts = 0
-    keys, ids, size = names.keys, names.ids, names.size
-    bloom, bloom_mask = names.bloom, names.bloom_mask
-    room = int(size * MAX_FILL) - 2  # inserts left before the table must grow
-    for ident, feed_id, code, value in rows:
-        slot = slot_of.get(feed_id)
-        if slot is None:
-            continue
-        if code < 2:  # a domain: code is 1 for subtree, 0 for exact
-            key = (hash(value) & HASH_MASK) | slot << 2 | code
-        elif code == 2:  # a URL, plus its host marker
-            key = (hash(value) & HASH_MASK) | slot << 2 | URL
-            host = value.partition("/")[0]
-            if ":" in host and host[0] != "[":
-                host = host.partition(":")[0]
-            marker = (hash(host) & HASH_MASK) | slot << 2 | URL_HOST
-            i = (marker >> TAG_BITS) % size
-            k = keys[i]
-            while k and not (k == marker and ids[i]):
-                i += 1
-                if i == size:
-                    i = 0
-                k = keys[i]
-            if k:
-                ids[i] += 1  # one more URL on a known host
-            else:
-                keys[i] = marker
-                ids[i] = 1
-                url_hosts += 1
-                room -= 1
-                b = (marker >> BLOOM_SHIFT) & bloom_mask
-                bloom[b >> 3] |= 1 << (b & 7)
-        else:  # an address or range
-            version, start, end = _interval(value)
-            (v4 if version == 4 else v6).append((start, end, slot, ident))
-            continue
-        i = (key >> TAG_BITS) % size
-        while keys[i]:
-            i += 1
-            if i == size:
-                i = 0
-        keys[i] = key
-        ids[i] = ident
-        room -= 1
-        b = (key >> BLOOM_SHIFT) & bloom_mask
-        bloom[b >> 3] |= 1 << (b & 7)
-        if room <= 0:  # the estimate was low: grow (rare)
-            names.filled = names.live = int(size * MAX_FILL) - 2 - room
-            names = names.grown(max(names.live, 1024))
-            keys, ids, size = names.keys, names.ids, names.size
-            bloom, bloom_mask = names.bloom, names.bloom_mask
-            room = int(size * MAX_FILL) - 2 - names.filled
-    filled = int(size * MAX_FILL) - 2 - room
-    names.live = filled
-    names.filled = filled
+    if marker_parts:  # one marker per (host, feed), its id slot holding the URL count
+        markers, counts = np.unique(np.concatenate(marker_parts), return_counts=True)
+        keys = np.concatenate([keys, markers])
+        ids = np.concatenate([ids, counts])
+        url_hosts = len(markers)
+    names = _bulk_table(np, keys, ids)
     return Snapshot(
         generation=generation, slots=slots, names=names, ip4=IpRanges(v4, wide=False),
         ip6=IpRanges(v6, wide=True), next_expiry=next_expiry, confirm=confirm,
         url_hosts=url_hosts,
     )
+
+
+def _chunked(rows: Iterable, size: int) -> Iterable[list]:
+    chunk: list = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _bulk_table(np, keys, ids) -> NameTable:  # noqa: ANN001 (numpy is imported lazily)
+    """A NameTable holding ``keys``/``ids`` (numpy int64), placed as linear probing would."""
+    n = len(keys)
+    names = NameTable(n)
+    base = names.base
+    home = (keys >> TAG_BITS) % base
+    order = np.argsort(home, kind="stable")
+    home, keys, ids = home[order], keys[order], ids[order]
+    index = np.arange(n, dtype=np.int64)
+    slot = index + np.maximum.accumulate(home - index) if n else index
+    size = max(base, int(slot[-1]) + 2 if n else base)  # past the last one, an empty slot
+    table_keys = np.zeros(size, dtype=np.int64)
+    table_ids = np.zeros(size, dtype=np.uint32)
+    table_keys[slot] = keys
+    table_ids[slot] = ids
+    names.size = size
+    names.keys = array("q", table_keys.tobytes())
+    names.ids = array("I", table_ids.tobytes())
+    names.filled = names.live = n
+    bits = (keys >> BLOOM_SHIFT) & names.bloom_mask
+    bloom = np.zeros(len(names.bloom), dtype=np.uint8)
+    np.bitwise_or.at(bloom, bits >> 3, (1 << (bits & 7)).astype(np.uint8))
+    names.bloom = bytearray(bloom.tobytes())
+    return names
 
 
 def empty_snapshot() -> Snapshot:

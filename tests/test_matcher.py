@@ -152,12 +152,11 @@ def test_patch_applies_adds_and_deletes_without_rebuild(writer, snapshot_of):
     assert new.count() == 3 and snap.count() == 3
 
 
-def test_build_grows_past_a_low_capacity_estimate():
+def test_build_ignores_a_low_capacity_estimate():
     feeds = [Feed(1, "f", "third_party", "block")]
-    rows = [(i + 1, 1, 0, f"d{i}.example") for i in range(5000)]
-    rows += [(9000 + i, 1, 2, f"h{i % 7}.example/p{i}") for i in range(300)]
+    rows = [(i + 1, 1, 0, f"d{i}.example", None) for i in range(5000)]
+    rows += [(9000 + i, 1, 2, f"h{i % 7}.example/p{i}", f"h{i % 7}.example") for i in range(300)]
     snap = build_snapshot(generation=1, feeds=feeds, rows=rows, capacity=10)
-    snap.confirm = None
     assert snap.count() == 5300 and snap.url_hosts == 7
     assert [h.indicator for h in snap.match_name("d4999.example")] == ["d4999.example"]
     assert snap.has_url_indicators("h3.example")
@@ -191,6 +190,22 @@ def test_name_table_grows_and_drops_tombstones():
     assert grown.find("n1.example") == [(5, 2)] and grown.find("n0.example") == []
 
 
+def test_bulk_build_places_entries_where_probing_finds_them():
+    feeds = [Feed(1, "f", "third_party", "block"), Feed(2, "g", "xops", "monitor")]
+    rows = [(i + 1, 1 + i % 2, i % 2, f"n{i}.example", None) for i in range(20_000)]
+    snap = build_snapshot(generation=1, feeds=feeds, rows=rows, capacity=0)
+    snap.confirm = None
+    assert snap.names.size >= snap.names.base and snap.count() == 20_000
+    for i in range(0, 20_000, 7):
+        hits = snap.match_name(f"n{i}.example")
+        assert [(h.indicator_id, h.feed.name) for h in hits] == [(i + 1, "fg"[i % 2])]
+    # patches after a bulk build probe the same way (and wrap at the table's end)
+    patched = snap.patch([("add", 99_999, 1, "domain", f"x{i}.example", "exact", None)
+                          for i in range(3000)], generation=2)
+    assert all(patched.match_name(f"x{i}.example") for i in range(0, 3000, 13))
+    assert patched.match_name("n19999.example")
+
+
 def test_ip_ranges_find_with_a_wide_range_far_back():
     ranges = IpRanges([(0, 1000, 1, 1)] + [(i * 10, i * 10 + 1, 1, 100 + i)
                                            for i in range(1, 90)], wide=False)
@@ -204,9 +219,9 @@ def test_snapshot_holds_no_per_indicator_python_objects():
     n = 50_000
     gc.collect()
     before = len(gc.get_objects())
-    rows = [(i + 1, 1, 1, f"d{i}.example") for i in range(n)]
-    rows += [(n + i + 1, 1, 2, f"u{i}.example/p") for i in range(n)]
-    rows += [(3 * n + i + 1, 1, 3, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+    rows = [(i + 1, 1, 1, f"d{i}.example", None) for i in range(n)]
+    rows += [(n + i + 1, 1, 2, f"u{i}.example/p", f"u{i}.example") for i in range(n)]
+    rows += [(3 * n + i + 1, 1, 3, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", None)
              for i in range(n)]
     snap = build_snapshot(generation=1, feeds=feeds, rows=iter(rows), capacity=3 * n)
     del rows

@@ -88,12 +88,13 @@ def count_live(conn: sqlite3.Connection, now: float) -> dict[str, int]:
 
 
 def live_indicators(conn: sqlite3.Connection, now: float) -> sqlite3.Cursor:
-    """(id, feed_id, code, value) of every enforced indicator, code being 0 for an exact
+    """(id, feed_id, code, value, url host) of every enforced indicator, code being 0 for an exact
     domain, 1 for a subtree domain, 2 for a URL, 3 for an IP: one table scan, streamed by
     the cursor, with small integers instead of text so that rows are cheap to fetch."""
     return conn.execute(
         "SELECT id, feed_id, CASE kind WHEN 'domain' THEN (match = 'subtree')"
-        f" WHEN 'url' THEN 2 ELSE 3 END, value FROM indicators WHERE {LIVE}", (now,)
+        f" WHEN 'url' THEN 2 ELSE 3 END, value, host FROM indicators WHERE {LIVE}",
+        (now,),
     )
 
 

@@ -64,6 +64,7 @@ CREATE TABLE indicators (
     reference     TEXT,
     comment       TEXT,
     suppressed_by TEXT,                               -- name of a suppression list: stored, not enforced
+    host          TEXT,                               -- a URL's host, without port
     UNIQUE (feed_id, kind, value)
 );
 CREATE INDEX indicators_expiry ON indicators (expires_at) WHERE expires_at IS NOT NULL;

@@ -239,12 +239,13 @@ class IndexWriter:
             # last_seen records when an indicator was last added or changed.
             insert = (
                 "INSERT INTO indicators(feed_id, kind, value, match, first_seen, last_seen,"
-                " expires_at, threat, malware, confidence, reference)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " expires_at, threat, malware, confidence, reference, host)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
             )
             if bulk:
                 self.conn.executemany(
-                    insert, ((feed_id, w[0], w[1], w[2], now, now, *w[3:]) for w in adds)
+                    insert, ((feed_id, w[0], w[1], w[2], now, now, *w[3:],
+                              url_host(w[1]) if w[0] == "url" else None) for w in adds)
                 )
                 self.conn.executemany(
                     "DELETE FROM indicators WHERE id=?", ((row_id,) for row_id, _ in deletes)
@@ -260,7 +261,9 @@ class IndexWriter:
                 self._log("reload", feed_id=feed_id)
             else:
                 for w in adds:
-                    cur = self.conn.execute(insert, (feed_id, w[0], w[1], w[2], now, now, *w[3:]))
+                    cur = self.conn.execute(insert, (
+                        feed_id, w[0], w[1], w[2], now, now, *w[3:],
+                        url_host(w[1]) if w[0] == "url" else None))
                     self._log("add", cur.lastrowid, feed_id, w[0], w[1], w[2], w[3])
                 for row_id, key in deletes:
                     self.conn.execute("DELETE FROM indicators WHERE id=?", (row_id,))
@@ -326,9 +329,10 @@ class IndexWriter:
             if row is None:
                 cur = self.conn.execute(
                     "INSERT INTO indicators(feed_id, kind, value, match, first_seen, last_seen,"
-                    " expires_at, comment, reference, threat) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    " expires_at, comment, reference, threat, host)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (feed_id, kind, value, match, now, now, expires_at, comment, reference,
-                     threat),
+                     threat, url_host(value) if kind == "url" else None),
                 )
                 row_id = int(cur.lastrowid)
             else:
