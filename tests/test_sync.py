@@ -155,6 +155,20 @@ async def test_not_modified_resync_writes_nothing(tmp_path, server, workers):
     assert row["status"] == "not_modified" and row["http_status"] == 304
 
 
+async def test_same_bytes_from_a_server_without_validators_write_nothing(tmp_path, server,
+                                                                         workers):
+    url = server.add("/nv.txt", Route(b"evil.example\n", etag=False))
+    worker = new_worker(workers, make_settings(tmp_path, [{"name": "nv", "url": url}]))
+    await worker.sync_all()
+    generation = reader.generation(worker.conn)
+    [again] = await worker.sync_all()
+    assert again.status == "not_modified" and again.http_status == 200
+    assert reader.generation(worker.conn) == generation
+    server.add("/nv.txt", Route(b"evil.example\nnew.example\n", etag=False))
+    [changed] = await worker.sync_all()
+    assert changed.status == "ok" and changed.added == 1
+
+
 async def test_failures_keep_the_last_good_indicators_and_say_why(tmp_path, server, workers):
     server.add("/f.txt", Route(b"evil-keep.example\n"))
     worker = new_worker(workers, make_settings(tmp_path, [{"name": "f",

@@ -143,6 +143,7 @@ class SyncWorker:
         self._db = threading.Lock()   # one connection, used from worker threads in turn
         self._gate: asyncio.Semaphore | None = None
         self._lines: dict[str, line_delta.LineState] = {}
+        self._digests: dict[str, tuple[bytes, str]] = {}  # last applied body, per feed
         self._failures: dict[str, int] = {}
         self._running: dict[str, asyncio.Lock] = {}
         self.prepared = False
@@ -310,10 +311,16 @@ class SyncWorker:
             outcome.error = f"{type(exc).__name__}: {exc}"
         else:
             outcome.http_status, outcome.bytes = fetched.http_status, fetched.bytes
-            if fetched.not_modified:
+            digest = None
+            if not fetched.not_modified and not fetched.incremental:
+                # a server without validators that sends the same bytes again
+                digest = (hashlib.sha256(fetched.data).digest(), fingerprint(feed))
+            if fetched.not_modified or (digest and self._digests.get(feed.name) == digest):
                 outcome.status, outcome.mode = "not_modified", "none"
                 outcome.total = state["indicator_count"]
+                state["fetched"] = fetched
             else:
+                self._digests.pop(feed.name, None)
                 try:
                     await asyncio.to_thread(self._apply, feed, state, fetched, outcome)
                 except (RejectedFile, AtrError, ValueError) as exc:
@@ -323,6 +330,8 @@ class SyncWorker:
                 except Exception as exc:
                     log.exception("feed %s: apply failed", feed.name)
                     outcome.status, outcome.error = "error", f"{type(exc).__name__}: {exc}"
+                if outcome.status == "ok" and digest is not None:
+                    self._digests[feed.name] = digest
         outcome.duration = time.perf_counter() - started
         outcome.next_run = self._next_run(feed, outcome.status, attempt)
         await asyncio.to_thread(self._record, feed, state, outcome, attempt)
@@ -472,7 +481,8 @@ class SyncWorker:
             fields.update(bytes=outcome.bytes, parsed=outcome.parsed, accepted=outcome.accepted,
                           rejected=outcome.rejected, rejected_samples=outcome.rejected_samples)
         fetched: Fetched | None = state.get("fetched")
-        if outcome.status == "ok" and fetched is not None:
+        if outcome.status in ("ok", "not_modified") and fetched is not None \
+                and not fetched.not_modified:
             # validators only after the body was applied: a held or failed body is
             # fetched again in full next time
             fields["etag"] = fetched.etag
