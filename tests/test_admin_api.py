@@ -239,3 +239,20 @@ def test_a_monitor_ioc_client_is_served(api):
     with httpx.Client(base_url=api.root, headers=AUTH, timeout=10,
                       transport=httpx.HTTPTransport(local_address="127.0.0.3")) as client:
         assert client.get("/api/v1/feeds").status_code == 200
+
+
+def test_without_a_configured_token_the_worker_makes_one_only_its_owner_can_read(tmp_path,
+                                                                                 monkeypatch):
+    from atr_proxy.feeds.commands import admin_token
+
+    monkeypatch.delenv("ATR_ADMIN_TOKEN", raising=False)
+    index = tmp_path / "index.db"
+    token, origin = admin_token(config.from_mapping({}), index)
+    path = Path(origin)
+    assert path == tmp_path / "index.db.admin-token" and len(token) >= 32
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert admin_token(config.from_mapping({}), index) == (token, origin)  # kept across runs
+    monkeypatch.setenv("ATR_ADMIN_TOKEN", "from-env")
+    assert admin_token(config.from_mapping({}), index) == ("from-env", "ATR_ADMIN_TOKEN")
+    configured = config.from_mapping({"admin": {"token": "${T}"}}, env={"T": "from-file"})
+    assert admin_token(configured, index) == ("from-file", "admin.token")
