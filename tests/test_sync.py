@@ -227,6 +227,24 @@ async def test_expire_after_keeps_a_dropped_indicator_for_a_while(tmp_path, serv
     assert status(worker.index_path, "e")["indicator_count"] == 1
 
 
+async def test_line_delta_honours_expire_after_and_the_shrink_guard(tmp_path, server, workers):
+    lines = [b"k%d.example" % i for i in range(40)]
+    server.add("/k.txt", Route(b"\n".join(lines)))
+    worker = new_worker(workers, make_settings(tmp_path, [{
+        "name": "k", "url": server.url("/k.txt"), "expire_after": "1s", "max_shrink": 0.1}]))
+    await worker.sync_all()
+    server.add("/k.txt", Route(b"\n".join(lines[1:])))
+    [dropped] = await worker.sync_all()
+    assert dropped.mode == "delta" and dropped.status == "ok"
+    assert verdicts(worker.index_path, "k0.example") == {"k0.example": "block"}
+    await asyncio.sleep(1.2)
+    assert verdicts(worker.index_path, "k0.example") == {"k0.example": "allow"}
+    server.add("/k.txt", Route(b"\n".join(lines[6:])))  # 5 more of 39: over 10%
+    [held] = await worker.sync_all()
+    assert held.mode == "delta" and held.status == "held"
+    assert verdicts(worker.index_path, "k3.example") == {"k3.example": "block"}
+
+
 def _full_set(tmp_path: Path, body: bytes, fmt: str) -> set[tuple[str, str, str]]:
     conn = connect(tmp_path / f"ref-{random.random()}.db")
     ingest(conn, FeedSpec(name="ref"), body, fmt=fmt, allow_empty=True)
