@@ -12,12 +12,10 @@ takes feed syntax apart (comments, ``||d^``, ``*.d``, RPZ owner names, STIX patt
 from __future__ import annotations
 
 import csv
-import gc
 import json
 import math
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -25,6 +23,7 @@ from typing import Any
 
 from atr_proxy.errors import ConfigError, RejectedFile
 from atr_proxy.indicators import canonicalize
+from atr_proxy.memory import full_collections_paused
 
 __all__ = [
     "FORMATS",
@@ -1393,25 +1392,9 @@ def parse(
     collector = _Collector(kind)
     if not text.strip():  # empty is a list of nothing, for JSON formats too
         return collector.result(fmt)
-    with _gc_paused():
+    with full_collections_paused():
         _PARSERS[fmt](text, collector, options or FormatOptions(), source)
     return collector.result(fmt)
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Hold off full garbage collections while a parse allocates a million objects.
-
-    Each full collection walks every object alive, the growing index included, and they
-    come often while it grows: a third of the time of a large list. Young collections go
-    on (they free the exception cycles a refused value leaves behind).
-    """
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(young, middle, max(old, 1_000_000))
-    try:
-        yield
-    finally:
-        gc.set_threshold(young, middle, old)
 
 
 def parse_taxii_envelope(

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import RejectedFile, ShrinkHeld
 from ..index.writer import Diff, FeedSpec, IndexWriter
+from ..memory import full_collections_paused
 from .formats import FormatOptions, ParseResult, parse
 
 
@@ -77,10 +78,11 @@ def ingest(
                 f"{current} indicators (use --allow-empty to empty it)"
             )
     try:
-        diff = writer.replace_feed(
-            feed_id, result.indicators, allow_empty=allow_empty, max_shrink=max_shrink,
-            keep_missing_for=keep_missing_for, now=now, default_match=spec.match,
-        )
+        with full_collections_paused():
+            diff = writer.replace_feed(
+                feed_id, result.indicators, allow_empty=allow_empty, max_shrink=max_shrink,
+                keep_missing_for=keep_missing_for, now=now, default_match=spec.match,
+            )
     except ShrinkHeld as held:
         return IngestResult(spec.name, result, None, held=str(held))
     writer.replace_feed_exceptions(

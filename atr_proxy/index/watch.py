@@ -11,18 +11,16 @@ snapshot stays in force and the error is kept for health reporting.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import gc
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import IndexUnavailable
 from ..matcher import Feed, Snapshot, build_snapshot, empty_snapshot
+from ..memory import full_collections_paused, return_freed_memory
 from ..policy import Exception_, Exceptions
 from . import reader
 from .db import connect
@@ -106,7 +104,7 @@ class SnapshotWatcher:
             generation = reader.generation(conn)
             feeds = [Feed(f.id, f.name, f.module, f.action, f.position, f.enabled)
                      for f in reader.feeds(conn)]
-            with _collector_paused():
+            with full_collections_paused():
                 snap = build_snapshot(
                     generation=generation,
                     feeds=feeds,
@@ -120,7 +118,7 @@ class SnapshotWatcher:
             conn.execute("COMMIT")
         self._expiry_checked = now
         self._publish(snap, why, time.perf_counter() - started)
-        _return_freed_memory()
+        return_freed_memory()
         return snap
 
     def poll(self) -> bool:
@@ -271,36 +269,6 @@ class SnapshotWatcher:
             if self._confirm_conn is not None:
                 self._confirm_conn.close()
                 self._confirm_conn = None
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a snapshot is built: the build makes
-    millions of short-lived tuples and strings (no cycles), and full collections over them
-    cost about a third of the build time."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
-def _return_freed_memory() -> None:
-    """Give the build's freed temporaries back to the OS: glibc keeps freed large blocks
-    in the heap after its mmap threshold has grown, which shows as RSS that never drops."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
 
 
 def _file_identity(path: Path) -> tuple[int, int]:
