@@ -520,3 +520,12 @@ def test_not_ready_until_the_index_is_loaded(index_path, upstream):
         fill(w, "late", [("domain", "evil.test")])
         _eventually(lambda: r.ask("www.good.test").rcode() == dns.rcode.NOERROR, 3.0)
         assert r.ask("www.evil.test").rcode() == dns.rcode.NXDOMAIN
+
+
+def test_a_runt_message_on_tcp_is_ignored_and_the_connection_keeps_serving(resolver):
+    r = resolver()
+    q = dns.message.make_query("www.good.test", "A").to_wire()
+    with socket.create_connection(("127.0.0.1", r.port), timeout=3) as s:
+        s.sendall(b"\x00\x05abcde" + len(q).to_bytes(2, "big") + q)
+        size = int.from_bytes(_recv(s, 2), "big")
+        assert answers(dns.message.from_wire(_recv(s, size))) == ["192.0.2.1"]

@@ -129,6 +129,9 @@ class DnsServer:
         listen = settings.listen
         # never forward to ourselves (resolv.conf pointing at this very resolver)
         self.upstreams = [u for u in upstreams if u != listen]
+        if upstreams and not self.upstreams:
+            raise ValueError(f"the only upstream, {listen[0]}:{listen[1]}, is this resolver"
+                             " itself: set dns.upstreams or --upstream")
         self.head, self.links = build_chain(settings, watcher, events, self.upstreams)
         self.stats = Stats()
         self.address: tuple[str, int] = listen
@@ -187,19 +190,20 @@ class DnsServer:
     def _servfail(self, query: Query) -> Reply:
         return Reply(build_reply(query, SERVFAIL), SERVFAIL, "error")
 
-    def answer(self, data: bytes, client: str, transport: str, send) -> None:  # type: ignore[no-untyped-def]
-        """Answer one message: ``send(query_or_None, wire)`` now or when it is ready."""
+    def answer(self, data: bytes, client: str, transport: str, send) -> bool:  # type: ignore[no-untyped-def]
+        """Answer one message: ``send(query_or_None, wire)`` now or when it is ready.
+        False if the message gets no answer at all (not a query, or too short)."""
         stats = self.stats
         stats.queries += 1
         try:
             query = parse_query(data)
         except Drop:
             stats.dropped += 1
-            return
+            return False
         except BadQuery as bad:
             stats.bad += 1
             send(bad.query, error_reply(bad))
-            return
+            return True
         key = self._client_keys.get(client, False)
         if key is False:
             if len(self._client_keys) >= 65_536:
@@ -228,6 +232,7 @@ class DnsServer:
         if reply is not None:
             self._count(reply)
             send(query, reply.wire)
+        return True
 
     # -- UDP -----------------------------------------------------------------------------
     def _udp_readable(self) -> None:
@@ -302,7 +307,8 @@ class DnsServer:
                     if not waiter.done():
                         waiter.set_result(None)
 
-                self.answer(data, client, "tcp", finish)
+                if not self.answer(data, client, "tcp", finish):
+                    continue  # not a query: nothing to wait for
                 if not waiter.done():
                     inflight.add(waiter)
                     waiter.add_done_callback(inflight.discard)

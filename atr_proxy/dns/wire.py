@@ -201,7 +201,7 @@ def opt_record(query: Query, ede: tuple[int, str] | None = None, ext_rcode: int 
     rdata = b""
     if ede is not None:
         code, text = ede
-        payload = _pack_u16(code) + text.encode("utf-8")[:400]
+        payload = _pack_u16(code) + text[:300].encode("utf-8")
         rdata = _pack_u16(EDE_OPTION) + _pack_u16(len(payload)) + payload
     ttl = (ext_rcode << 24) | (0x8000 if query.do else 0)
     return b"\x00" + RR_FIXED.pack(OPT, OUR_UDP_SIZE, ttl, len(rdata)) + rdata
