@@ -20,9 +20,23 @@ deps-test:
 	@command -v dig >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq dnsutils; } \
 	  || { echo "install dnsutils (dig) as root: apt-get install dnsutils"; exit 1; }
 
-test: $(STAMP) deps-test
+# Debian tools of the operator tests: curl (through the proxy), chromium (headless browser
+# tests) and docker-compose (validates docker-compose.yml; no Docker engine is needed).
+.PHONY: deps-operator
+deps-operator:
+	@{ command -v curl && command -v chromium && command -v docker-compose; } >/dev/null 2>&1 \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	       curl chromium docker-compose; } \
+	  || { echo "install curl, chromium and docker-compose as root"; exit 1; }
+
+test: $(STAMP) deps-test deps-operator
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# everything on loopback with the bundled demo config: proxy 8080, DNS 5353, admin 8081;
+# the index, events.jsonl and the CA (certs/) in this folder
+run: $(STAMP)
+	$(BIN)/atr-proxy run
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

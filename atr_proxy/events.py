@@ -12,12 +12,14 @@ import json
 import logging
 import os
 import secrets
+import socket
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .policy import Verdict
@@ -100,9 +102,12 @@ class EventWriter:
         *,
         flush_interval: float = 0.25,
         batch: int = 1000,
+        syslog: str | None = None,
     ) -> None:
         self.index = Path(index) if index else None
         self.jsonl = Path(jsonl) if jsonl else None
+        # optional third sink (events.syslog); a bad target is a config error at start
+        self.syslog = SyslogSink(syslog) if syslog else None
         self.flush_interval = flush_interval
         self.batch = batch
         self.written = 0
@@ -145,6 +150,8 @@ class EventWriter:
         self._thread.join(timeout)
         if self._conn is not None:
             self._conn.close()
+        if self.syslog is not None:
+            self.syslog.close()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -190,6 +197,12 @@ class EventWriter:
                 stored = True
             except Exception as exc:
                 self._fail(f"{self.jsonl}: {exc}")
+        if self.syslog is not None:
+            try:
+                self.syslog.send(items)
+                stored = True
+            except Exception as exc:
+                self._fail(f"syslog {self.syslog.target}: {exc}")
         if stored:
             self.written += len(items)
         else:
@@ -200,6 +213,118 @@ class EventWriter:
         if message != self.last_error:
             log.error("event write failed (enforcement continues): %s", message)
         self.last_error = message
+
+
+class SyslogSink:
+    """Sends events as RFC 5424 syslog messages: ``udp://host[:514]`` (one datagram per
+    event) or ``tcp://host[:514]`` (octet-counted frames, RFC 6587), optionally with
+    ``?facility=local0`` (a name or a number; default local0).
+
+    Every event field is a structured-data parameter of ``[atr@32473 ...]`` (32473 is the
+    private enterprise number reserved for documentation, RFC 5612); the message text is a
+    one-line summary. Severity: warning for a block, notice for a monitored hit, info else.
+    ``send`` raises OSError when the collector cannot be reached; the writer counts it.
+    """
+
+    SD_ID = "atr@32473"
+    FACILITIES = {"kern": 0, "user": 1, "daemon": 3, "auth": 4, "syslog": 5, "authpriv": 10,
+                  **{f"local{i}": 16 + i for i in range(8)}}
+    MAX_UDP = 8192          # bytes; a longer message is cut (UDP collectors drop big ones)
+    TIMEOUT = 2.0
+
+    def __init__(self, target: str, *, app_name: str = "atr-proxy",
+                 hostname: str | None = None) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        from .errors import ConfigError
+
+        self.target = target
+        try:
+            parts = urlsplit(target)
+            port = parts.port or 514
+        except ValueError as exc:
+            raise ConfigError("events.syslog", f"{target!r}: {exc}") from None
+        if parts.scheme not in ("udp", "tcp") or not parts.hostname:
+            raise ConfigError("events.syslog",
+                              f"{target!r}: use udp://host:port or tcp://host:port")
+        facility = parse_qs(parts.query).get("facility", ["local0"])[0]
+        if facility.isdigit() and 0 <= int(facility) <= 23:
+            self.facility = int(facility)
+        elif facility in self.FACILITIES:
+            self.facility = self.FACILITIES[facility]
+        else:
+            raise ConfigError("events.syslog", f"unknown facility {facility!r}")
+        self.transport, self.address = parts.scheme, (parts.hostname, port)
+        self.app_name = app_name
+        self.hostname = _syslog_token(hostname or socket.gethostname() or "-", 255)
+        self._sock: socket.socket | None = None
+
+    def format(self, event: Event) -> bytes:
+        """One RFC 5424 message (without transport framing)."""
+        severity = {"block": 4, "monitor": 5}.get(event.verdict, 6)
+        when = datetime.fromtimestamp(event.at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        params = " ".join(f'{name}="{_sd_value(value)}"'
+                          for name, value in event.as_dict().items() if value is not None)
+        msgid = event.verdict if event.traffic != "system" or event.module else "system"
+        where = event.url or event.dest_host or event.dest_ip or "-"
+        text = (f"{event.verdict} {event.source}/{event.traffic} client={event.client_ip or '-'}"
+                f" {where} indicator={event.indicator or '-'} feed={event.feed or '-'}")
+        if event.detail and not event.module:
+            text += f" {event.detail}"
+        line = (f"<{self.facility * 8 + severity}>1 {when} {self.hostname}"
+                f" {self.app_name} {os.getpid()} {_syslog_token(msgid, 32)}"
+                f" [{self.SD_ID} {params}] {_printable(text)}")
+        return line.encode("utf-8")
+
+    def send(self, events: Iterable[Event]) -> None:
+        messages = [self.format(e) for e in events]
+        if self.transport == "udp":
+            sock = self._socket()
+            for message in messages:
+                sock.sendto(message[: self.MAX_UDP], self.address)
+            return
+        payload = b"".join(str(len(m)).encode() + b" " + m for m in messages)
+        try:
+            self._socket().sendall(payload)
+        except OSError:
+            self.close()  # the collector restarted: one fresh connection, then give up
+            self._socket().sendall(payload)
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            if self.transport == "udp":
+                family = socket.getaddrinfo(*self.address, type=socket.SOCK_DGRAM)[0][0]
+                self._sock = socket.socket(family, socket.SOCK_DGRAM)
+            else:
+                self._sock = socket.create_connection(self.address, timeout=self.TIMEOUT)
+            self._sock.settimeout(self.TIMEOUT)
+        return self._sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+            self._sock = None
+
+
+def _sd_value(value: object) -> str:
+    """A structured-data parameter value: backslash, double quote and closing bracket
+    escaped (RFC 5424 6.3.3); control characters shown as escapes, so that a hostile URL
+    cannot forge a line."""
+    text = _printable(str(value))
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _syslog_token(text: str, limit: int) -> str:
+    """A header field: printable ASCII without spaces, or '-'."""
+    token = "".join(c for c in text if 33 <= ord(c) <= 126)[:limit]
+    return token or "-"
 
 
 def recent(conn: sqlite3.Connection, *, after_id: int = 0, limit: int = 100,

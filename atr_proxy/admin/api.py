@@ -136,7 +136,10 @@ def create_app(
                 await run_in_threadpool(events.flush)
             ctx.close()
 
-    app = Starlette(routes=[*api_routes(), *extra_routes], lifespan=lifespan)
+    from .dashboard import operator_routes  # the dashboard, /metrics and /proxy.pac
+
+    app = Starlette(routes=[*api_routes(), *extra_routes, *operator_routes()],
+                    lifespan=lifespan)
     app.state.atr = ctx
     app.add_middleware(TokenGuard, ctx=ctx)
     app.add_middleware(SourceGuard, ctx=ctx)  # added last: runs first
