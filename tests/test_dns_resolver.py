@@ -529,3 +529,15 @@ def test_a_runt_message_on_tcp_is_ignored_and_the_connection_keeps_serving(resol
         s.sendall(b"\x00\x05abcde" + len(q).to_bytes(2, "big") + q)
         size = int.from_bytes(_recv(s, 2), "big")
         assert answers(dns.message.from_wire(_recv(s, size))) == ["192.0.2.1"]
+
+
+def test_identical_queries_in_flight_are_asked_upstream_once(resolver, upstream):
+    import concurrent.futures
+
+    upstream.delay = 0.3
+    r = resolver()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: r.ask("www.good.test"), range(4)))
+    assert [answers(a) for a in results] == [["192.0.2.1"]] * 4
+    # (dns.query.udp checks that each answer carries its own query's id)
+    assert upstream.count("www.good.test") == 1

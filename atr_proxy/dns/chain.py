@@ -93,42 +93,113 @@ def chain(*links: Link) -> Link:
     return links[0]
 
 
+class Waiter:
+    """A one-shot wait for a value that a callback delivers (an upstream's reply).
+
+    In a chain run by :func:`start`, delivering the value resumes the waiting query then
+    and there: one function call, where an asyncio Future would cost a Task, a Future
+    and two trips through the event loop per forwarded query. Awaited from anywhere else
+    (a plain asyncio task) it behaves like a Future."""
+
+    __slots__ = ("_drive", "_future", "done", "value", "error")
+
+    def __init__(self) -> None:
+        self._drive: _Drive | None = None
+        self._future: asyncio.Future[None] | None = None
+        self.done = False
+        self.value: object = None
+        self.error: BaseException | None = None
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        if not self.done:
+            if _state.driving:
+                yield self  # the driver parks here until set_result / set_exception
+            else:
+                self._future = asyncio.get_running_loop().create_future()
+                yield from self._future
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def set_result(self, value: object) -> None:
+        if not self.done:
+            self.done, self.value = True, value
+            self._wake()
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self.done:
+            self.done, self.error = True, error
+            self._wake()
+
+    def _wake(self) -> None:
+        drive, future = self._drive, self._future
+        if drive is not None:
+            self._drive = None
+            drive.step()
+        elif future is not None and not future.done():
+            future.set_result(None)
+
+
+class _State:
+    driving = False  # a _Drive is stepping a chain coroutine right now
+
+
+_state = _State()
+
+
+class _Drive:
+    """Runs one query's chain coroutine, like an asyncio Task but resumed directly by a
+    :class:`Waiter` (asyncio futures and bare yields are handled as a Task would)."""
+
+    __slots__ = ("coro", "done")
+
+    def __init__(self, coro, done: Callable[[Reply | None, BaseException | None], None]  # type: ignore[no-untyped-def]
+                 ) -> None:
+        self.coro = coro
+        self.done = done
+
+    def step(self, _future: object = None) -> None:
+        state = _state
+        outer = state.driving
+        state.driving = True
+        try:
+            yielded = self.coro.send(None)
+        except StopIteration as stop:
+            state.driving = outer
+            self.done(stop.value, None)
+            return
+        except BaseException as error:  # noqa: BLE001  (handed to done, never lost)
+            state.driving = outer
+            self.done(None, error)
+            return
+        state.driving = outer
+        self.park(yielded)
+
+    def park(self, yielded: object) -> None:
+        if type(yielded) is Waiter:
+            yielded._drive = self
+        elif yielded is None:  # a bare yield (asyncio.sleep(0))
+            asyncio.get_running_loop().call_soon(self.step)
+        else:  # an asyncio future: resume when it is done; the coroutine reads it
+            yielded._asyncio_future_blocking = False
+            yielded.add_done_callback(self.step)
+
+
 def start(head: Link, request: Request,
-          done: Callable[[asyncio.Future[Reply]], None]) -> Reply | None:
-    """Run the chain for ``request``. Returns the reply at once if no link had to wait;
-    otherwise returns None and calls ``done(task)`` when the reply is ready. Raises what
-    a link raised before it first waited."""
+          done: Callable[[Reply | None, BaseException | None], None]) -> Reply | None:
+    """Run the chain for ``request``. Returns the reply at once if no link had to wait
+    (blocked, cached, refused: most queries); otherwise returns None and calls
+    ``done(reply, error)`` when the query is answered. Raises what a link raised before
+    it first waited."""
     coro = head.resolve(request)
+    state = _state
+    outer = state.driving
+    state.driving = True
     try:
         yielded = coro.send(None)
     except StopIteration as stop:
         return stop.value
-    task = asyncio.get_running_loop().create_task(_finish(coro, yielded))
-    task.add_done_callback(done)
+    finally:
+        state.driving = outer
+    _Drive(coro, done).park(yielded)
     return None
-
-
-async def _finish(coro, yielded):  # type: ignore[no-untyped-def]
-    """Drive an already started coroutine to its end from inside a task."""
-    while True:
-        try:
-            if yielded is None:
-                await asyncio.sleep(0)
-            else:
-                # as a Task does with a yielded future: clear the flag its own yield set,
-                # then wait on it here
-                yielded._asyncio_future_blocking = False
-                await yielded
-        except BaseException as exc:  # noqa: BLE001
-            if yielded is None or not yielded.done():
-                # this task itself was cancelled: let the coroutine clean up
-                try:
-                    yielded = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            # else the coroutine reads the future's outcome itself when resumed
-        try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            return stop.value

@@ -15,6 +15,7 @@ connection; nothing it sends can stop the server.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -211,14 +212,13 @@ class DnsServer:
             key = self._client_keys[client] = ip_to_int(client)
         request = Request(query, client, transport, time.perf_counter(), key)
 
-        def done(task: asyncio.Future[Reply]) -> None:
-            try:
-                reply = task.result()
-            except asyncio.CancelledError:
-                return
-            except Exception:
+        def done(reply: Reply | None, error: BaseException | None) -> None:
+            if error is not None:
+                if isinstance(error, asyncio.CancelledError):
+                    return
                 stats.errors += 1
-                log.exception("answering %s from %s failed", query.qname, client)
+                log.error("answering %s from %s failed", query.qname, client,
+                          exc_info=error)
                 reply = self._servfail(query)
             self._count(reply)
             send(query, reply.wire)
@@ -371,6 +371,7 @@ async def run_resolver(settings: DnsSettings, index_path: str | Path,
              f" sinkhole {settings.sinkhole}; index {index_path}", flush=True)
     try:
         snap = await asyncio.to_thread(watcher.load)
+        gc.freeze()  # what exists now lives as long as the process: keep GC passes short
         announce(f"atr-proxy dns: enforcing {snap.count()} indicators (generation"
                  f" {snap.generation}), ready {time.perf_counter() - started:.2f} s after"
                  " start", flush=True)

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Iterable
 from pathlib import Path
 
-from .chain import Link, Reply, Request
+from .chain import Link, Reply, Request, Waiter
 from .wire import (
     AA,
     EDE_NO_REACHABLE_AUTHORITY,
@@ -90,11 +90,11 @@ class _Channel:
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         self.sock.connect(address)
-        # id -> (future, question name in lower case, type and class, deadline)
-        self.pending: dict[int, tuple[asyncio.Future[bytes], bytes, bytes, float]] = {}
+        # id -> (waiter, question name in lower case, type and class, deadline)
+        self.pending: dict[int, tuple[Waiter, bytes, bytes, float]] = {}
         loop.add_reader(self.sock.fileno(), self._readable)
 
-    def ask(self, query: Query, deadline: float) -> tuple[int, asyncio.Future[bytes]]:
+    def ask(self, query: Query, deadline: float) -> tuple[int, Waiter]:
         pending = self.pending
         for _ in range(32):
             uid = _ids.next()
@@ -102,9 +102,9 @@ class _Channel:
                 break
         else:
             raise UpstreamError("too many queries in flight")
-        future = self.loop.create_future()
+        waiter = Waiter()
         data, qend = query.data, query.qend
-        pending[uid] = (future, data[12:qend - 4].lower(), data[qend - 4:qend], deadline)
+        pending[uid] = (waiter, data[12:qend - 4].lower(), data[qend - 4:qend], deadline)
         try:
             self.sock.send(uid.to_bytes(2, "big") + data[2:])
         except (BlockingIOError, InterruptedError):
@@ -113,7 +113,7 @@ class _Channel:
         except OSError:
             del pending[uid]
             raise
-        return uid, future
+        return uid, waiter
 
     def forget(self, uid: int) -> None:
         self.pending.pop(uid, None)
@@ -133,13 +133,12 @@ class _Channel:
             item = pending.get(int.from_bytes(data[:2], "big"))
             if item is None:
                 continue  # late, or not ours
-            future, name, type_class, _ = item
+            waiter, name, type_class, _ = item
             qend = 12 + len(name) + 4
             if data[12:qend - 4].lower() != name or data[qend - 4:qend] != type_class:
                 continue  # an answer to another question: ignore it, keep waiting
             del pending[int.from_bytes(data[:2], "big")]
-            if not future.done():
-                future.set_result(data)
+            waiter.set_result(data)  # the query goes on from here, right now
 
     def expire(self, now: float) -> bool:
         """Time out the queries past their deadline; True if any are still waiting."""
@@ -147,15 +146,14 @@ class _Channel:
         for uid, item in list(pending.items()):
             if item[3] <= now:
                 del pending[uid]
-                if not item[0].done():
-                    item[0].set_exception(TimeoutError("timed out"))
+                item[0].set_exception(TimeoutError("timed out"))
         return bool(pending)
 
     def _fail_all(self, exc: BaseException) -> None:
-        for future, _, _, _ in self.pending.values():
-            if not future.done():
-                future.set_exception(ConnectionError(str(exc) or type(exc).__name__))
+        waiting = list(self.pending.values())
         self.pending.clear()
+        for waiter, _, _, _ in waiting:
+            waiter.set_exception(ConnectionError(str(exc) or type(exc).__name__))
 
     def close(self) -> None:
         try:
@@ -201,13 +199,15 @@ class UpstreamServer:
         self.answered += 1
 
     async def query_udp(self, query: Query, deadline: float) -> bytes:
+        if not self._channels:
+            raise ConnectionError("closed")
         channel = self._channels[self._next % len(self._channels)]
         self._next += 1
-        uid, future = channel.ask(query, deadline)
+        uid, waiter = channel.ask(query, deadline)
         try:
-            return await future
+            return await waiter
         finally:
-            if not future.done():  # cancelled while waiting
+            if not waiter.done:  # cancelled while waiting
                 channel.forget(uid)
 
     def expire(self, now: float) -> bool:
@@ -219,18 +219,20 @@ class UpstreamServer:
 
     async def query_tcp(self, query: Query, timeout: float) -> bytes:
         uid = _ids.next().to_bytes(2, "big")
-        message = uid + query.data[2:]
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-            try:
-                writer.write(len(message).to_bytes(2, "big") + message)
-                size = int.from_bytes(await reader.readexactly(2), "big")
-                data = await reader.readexactly(size)
-            finally:
-                writer.close()
+        # wait_for, not asyncio.timeout: the chain may run outside an asyncio Task
+        data = await asyncio.wait_for(self._exchange_tcp(uid + query.data[2:]), timeout)
         if data[:2] != uid:
             raise WireError("a TCP answer with another id")
         return data
+
+    async def _exchange_tcp(self, message: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(len(message).to_bytes(2, "big") + message)
+            size = int.from_bytes(await reader.readexactly(2), "big")
+            return await reader.readexactly(size)
+        finally:
+            writer.close()
 
 
 def _reason(exc: BaseException) -> str:
