@@ -127,7 +127,7 @@ class Page:
         last = None
         while time.monotonic() < deadline:
             try:
-                last = self.evaluate(f"(() => {{ try {{ return ({condition}); }}"
+                last = self.evaluate(f"(() => {{ try {{ return !!({condition}); }}"
                                      " catch (e) { return null; } })()")
             except DevToolsError:
                 last = None  # a navigation replaced the context; try again

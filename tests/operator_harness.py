@@ -265,3 +265,32 @@ def shared_run(pytestconfig, tmp_path_factory) -> AtrRun:  # noqa: ANN001 - pyte
         pytestconfig.add_cleanup(run.stop)
         _SHARED = run
     return _SHARED
+
+
+class AdminHttp:
+    """The admin app (``create_app``) served by uvicorn on a free loopback port, in a
+    thread: a real server and real HTTP without the whole worker."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001 - a Starlette app
+        import asyncio
+
+        from atr_proxy.admin.api import AdminServer
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))  # bound here: no race for the port
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = AdminServer(app, "127.0.0.1", self.port)
+        self.thread = threading.Thread(
+            target=lambda: asyncio.run(self.server.serve(sockets=[self.sock])), daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not self.server.started:
+            raise RuntimeError("the admin app did not start")
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
