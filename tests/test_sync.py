@@ -227,6 +227,19 @@ async def test_expire_after_keeps_a_dropped_indicator_for_a_while(tmp_path, serv
     assert status(worker.index_path, "e")["indicator_count"] == 1
 
 
+async def test_url_indicators_added_by_a_line_delta_are_enforced(tmp_path, server, workers):
+    lines = [b"http://u%d.example/a/" % i for i in range(40)]
+    server.add("/u.txt", Route(b"\n".join(lines)))
+    worker = new_worker(workers, make_settings(tmp_path, [{"name": "u",
+                                                           "url": server.url("/u.txt")}]))
+    await worker.sync_all()
+    server.add("/u.txt", Route(b"\n".join([*lines, b"http://late.example/x/"])))
+    [outcome] = await worker.sync_all()
+    assert outcome.mode == "delta" and outcome.added == 1
+    assert verdicts(worker.index_path, "http://late.example/x/y", "http://u3.example/a/b") == {
+        "http://late.example/x/y": "block", "http://u3.example/a/b": "block"}
+
+
 async def test_line_delta_honours_expire_after_and_the_shrink_guard(tmp_path, server, workers):
     lines = [b"k%d.example" % i for i in range(40)]
     server.add("/k.txt", Route(b"\n".join(lines)))

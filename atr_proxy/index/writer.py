@@ -435,8 +435,10 @@ class IndexWriter:
             for w in inserts:
                 cur = self.conn.execute(
                     "INSERT INTO indicators(feed_id, kind, value, match, first_seen, last_seen,"
-                    " expires_at, threat, malware, confidence, reference)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)", (feed_id, w[0], w[1], w[2], now, now, *w[3:]),
+                    " expires_at, threat, malware, confidence, reference, host)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (feed_id, w[0], w[1], w[2], now, now, *w[3:],
+                     url_host(w[1]) if w[0] == "url" else None),
                 )
                 if not bulk:
                     self._log("add", cur.lastrowid, feed_id, w[0], w[1], w[2], w[3])
