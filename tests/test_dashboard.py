@@ -199,3 +199,28 @@ def test_static_files_are_served_and_the_templates_are_not(admin) -> None:
         assert client.get("/ui/static/dashboard.css").status_code == 200
         assert client.get("/ui/static/dashboard.html").status_code == 404
         assert client.get("/ui/static/..%2Fdashboard.py").status_code == 404
+
+
+def test_mdr_add_list_expire_and_remove_through_the_dashboard(admin) -> None:
+    client, csrf = _login(admin.url)
+    headers = {"X-CSRF-Token": csrf}
+    with closing(client):
+        added = client.post("/ui/api/mdr/indicators", headers=headers, json=[
+            {"value": "push.example", "type": "domain", "action": "block",
+             "comment": "ticket 42"}])
+        assert added.status_code == 201
+        item = added.json()["indicators"][0]
+        assert item["expires_at"] is None
+        listed = client.get("/ui/api/mdr/indicators", params={"q": "push"}).json()
+        assert [i["value"] for i in listed["items"]] == ["push.example"]
+        # "expire": the same value pushed again with a ttl, as the page's button does
+        before = time.time()
+        client.post("/ui/api/mdr/indicators", headers=headers, json=[
+            {"value": "push.example", "type": "domain", "action": "block", "ttl": "1h",
+             "comment": "ticket 42"}])
+        again = client.get("/ui/api/mdr/indicators", params={"q": "push"}).json()["items"][0]
+        assert again["id"] == item["id"] and before + 3500 < again["expires_at"] < before + 3700
+        assert client.delete(f"/ui/api/mdr/indicators/{item['id']}").status_code == 403
+        gone = client.delete(f"/ui/api/mdr/indicators/{item['id']}", headers=headers)
+        assert gone.status_code == 200
+        assert client.get("/ui/api/mdr/indicators", params={"q": "push"}).json()["total"] == 0
