@@ -541,3 +541,23 @@ def test_identical_queries_in_flight_are_asked_upstream_once(resolver, upstream)
     assert [answers(a) for a in results] == [["192.0.2.1"]] * 4
     # (dns.query.udp checks that each answer carries its own query's id)
     assert upstream.count("www.good.test") == 1
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_serves_on_ipv6_loopback(resolver):
+    r = resolver(listen=("::1", 0))
+    q = dns.message.make_query("www.evil.test", "A")
+    assert dns.query.udp(q, "::1", port=r.port, timeout=3).rcode() == dns.rcode.NXDOMAIN
+    q = dns.message.make_query("www.good.test", "A")
+    assert answers(dns.query.tcp(q, "::1", port=r.port, timeout=3)) == ["192.0.2.1"]
+    (event,) = r.events_written()
+    assert event["client_ip"] == "::1"

@@ -58,6 +58,7 @@ def test_root_query_has_an_empty_name():
     (query_bytes("a.test")[:-2], wire.FORMERR),  # truncated question
     (bytes([0, 1, 0x20, 0]) + query_bytes("a.test")[4:], wire.NOTIMP),  # opcode 4 NOTIFY
     (query_bytes("a.test")[:12] + b"\xc0\x0c\x00\x01\x00\x01", wire.FORMERR),  # pointer
+    (query_bytes("a.test", "AXFR"), wire.NOTIMP),
 ])
 def test_bad_queries_are_errors_with_the_right_rcode(data, rcode):
     with pytest.raises(wire.BadQuery) as info:

@@ -159,7 +159,7 @@ class NamePolicy(Link):
         super().__init__(next)
         self.sinkhole = sinkhole
         self.fold = fold
-        self._memo: dict[str, list[Hit]] = {}
+        self._memo: dict[str, list[Hit] | tuple[()]] = {}
         self._memo_snap = None
 
     async def resolve(self, request: Request) -> Reply:
@@ -173,7 +173,7 @@ class NamePolicy(Link):
                 hits = snap.match_name(name, "host")
                 if len(self._memo) >= MAX_MEMO:
                     self._memo.clear()  # cheap, and the names still asked come back
-                self._memo[name] = hits
+                self._memo[name] = hits or ()  # one shared empty tuple for all misses
             if hits:
                 verdict = decide(hits, snap.exceptions, client=request.client, host=name)
                 if verdict.hits:

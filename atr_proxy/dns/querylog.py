@@ -78,6 +78,7 @@ class QueryLog(Link):
         super().__init__(next)
         self.events = events
         self.log_queries = log_queries
+        self._details: dict[tuple, str] = {}
 
     async def resolve(self, request: Request) -> Reply:
         reply = await self.next.resolve(request)
@@ -89,8 +90,15 @@ class QueryLog(Link):
 
     def _emit(self, request: Request, reply: Reply) -> None:
         q = request.query
-        detail = f"{qtype_name(q.qtype)} query over {request.transport}: " + (
-            f"answered from {reply.source}" if reply.source != "sinkhole" else reply.detail)
+        key = (q.qtype, request.transport, reply.source, reply.detail)
+        detail = self._details.get(key)
+        if detail is None:  # one string per kind of outcome, shared by all its events
+            detail = self._details[key] = (
+                f"{qtype_name(q.qtype)} query over {request.transport}: " + (
+                    f"answered from {reply.source}" if reply.source != "sinkhole"
+                    else reply.detail))
+            if len(self._details) > 1024:
+                self._details.clear()
         out = []
         for verdict, dest_ip, event_id, report in request.findings:
             if not report:

@@ -5,9 +5,10 @@ What is parsed, and when (the rest of ``atr_proxy.dns`` relies on this):
 * **Every client query** is read by :func:`parse_query`: the header, the one question and
   an optional OPT record, nothing else. A query with anything else (zero or several
   questions, answer or authority records, a second additional record, compression in the
-  question, trailing bytes) is a FORMERR; another opcode is NOTIMP; a response (QR set)
-  or a packet shorter than a header is dropped. The question bytes are kept verbatim, so
-  every answer echoes the client's own spelling (0x20 case randomisation survives).
+  question, trailing bytes) is a FORMERR; another opcode or a zone transfer is NOTIMP; a
+  response (QR set) or a packet shorter than a header is dropped. The question bytes are
+  kept verbatim, so every answer echoes the client's own spelling (0x20 case
+  randomisation survives).
 * **Every upstream reply** is walked once by :func:`scan_reply`: each record's type,
   class, TTL position and RDATA span, and it decodes only what answer inspection and the
   cache need: CNAME/DNAME targets, A/AAAA addresses, HTTPS/SVCB target names and
@@ -164,6 +165,8 @@ def parse_query(data: bytes) -> Query:
                   off)
     if ancount or nscount:
         raise BadQuery(FORMERR, "a query with answer or authority records", query)
+    if qtype == AXFR or qtype == IXFR:  # a forwarder has no zones to transfer
+        raise BadQuery(NOTIMP, "zone transfers are not served", query)
     if arcount > 1:
         raise BadQuery(FORMERR, "more than one additional record", query)
     if arcount == 1:
