@@ -10,7 +10,6 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY atr_proxy ./atr_proxy
-COPY addons ./addons
 RUN pip install --no-cache-dir . "mitmproxy>=12,<13" \
  && mkdir -p /etc/atr-proxy \
  && cp atr_proxy/demo/docker.yaml /etc/atr-proxy/atr.yaml
