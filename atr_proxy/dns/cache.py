@@ -30,38 +30,44 @@ _read_ttl = struct.Struct("!I").unpack_from
 
 
 class Entry:
-    """One cached upstream answer."""
+    """One cached upstream answer, kept small: there are ``dns.cache_size`` of them."""
 
-    __slots__ = ("stored", "expires", "flags", "counts", "body", "ttls", "scan", "clean",
-                 "rcode")
+    __slots__ = ("stored", "expires", "flags", "an", "ns", "ar", "body", "ttls", "names",
+                 "addrs", "clean")
 
-    def __init__(self, stored: float, expires: float, flags: int,
-                 counts: tuple[int, int, int], body: bytes, ttls: list[tuple[int, int]],
-                 scan: Scan) -> None:
+    def __init__(self, stored: float, expires: float, flags: int, an: int, ns: int, ar: int,
+                 body: bytes, ttls: tuple[int, ...], names: tuple[str, ...],
+                 addrs: tuple[tuple[int, int], ...]) -> None:
         self.stored = stored
         self.expires = expires
         self.flags = flags          # the upstream's AD bit and rcode
-        self.counts = counts        # answer, authority, additional (without OPT)
+        self.an, self.ns, self.ar = an, ns, ar  # record counts (additional without OPT)
         self.body = body            # the records after the question, OPT removed
-        self.ttls = ttls            # (offset in body, original TTL)
-        self.scan = scan
+        self.ttls = ttls            # offset in body, original TTL, offset, TTL, ...
+        self.names = names          # what answer inspection looks at (as in a Scan)
+        self.addrs = addrs
         self.clean: tuple[int, float] | None = None  # snapshot it was found clean under
-        self.rcode = scan.rcode
+
+    @property
+    def rcode(self) -> int:
+        return self.flags & 0xF
 
     def reply_for(self, query: Query, now: float) -> bytes:
         body = self.body
         age = int(now - self.stored)
-        if age > 0 and self.ttls:
+        ttls = self.ttls
+        if age > 0 and ttls:
             counted = bytearray(body)
-            for off, ttl in self.ttls:
-                _pack_ttl(counted, off, ttl - age if ttl > age else 0)
+            for i in range(0, len(ttls), 2):
+                ttl = ttls[i + 1]
+                _pack_ttl(counted, ttls[i], ttl - age if ttl > age else 0)
             body = bytes(counted)
-        an, ns, ar = self.counts
         flags = QR | RA | (query.flags & (RD | CD)) | self.flags
         if query.edns:
-            return (_pack_header(query.id, flags, 1, an, ns, ar + 1)
+            return (_pack_header(query.id, flags, 1, self.an, self.ns, self.ar + 1)
                     + query.data[12:query.qend] + body + opt_record(query))
-        return _pack_header(query.id, flags, 1, an, ns, ar) + query.data[12:query.qend] + body
+        return (_pack_header(query.id, flags, 1, self.an, self.ns, self.ar)
+                + query.data[12:query.qend] + body)
 
 
 def cache_ttl(scan: Scan) -> int:
@@ -76,15 +82,20 @@ def cache_ttl(scan: Scan) -> int:
     return 0
 
 
+_NONE: tuple = ()
+
+
 def make_entry(data: bytes, scan: Scan, now: float, ttl: int) -> Entry:
     qend = scan.qend
     end = scan.opt[0] if scan.opt is not None else len(data)
-    body = data[qend:end]
-    ttls = [(off - qend, _read_ttl(data, off)[0] & 0x7FFFFFFF)
-            for off in scan.ttl_offsets if off < end]
+    ttls: list[int] = []
+    for off in scan.ttl_offsets:
+        if off < end:
+            ttls += (off - qend, _read_ttl(data, off)[0] & 0x7FFFFFFF)
     _, an, ns, ar = scan.counts
-    return Entry(now, now + ttl, scan.flags & (AD | 0xF), (an, ns, ar - (scan.opt is not None)),
-                 body, ttls, scan)
+    return Entry(now, now + ttl, scan.flags & (AD | 0xF), an, ns, ar - (scan.opt is not None),
+                 data[qend:end], tuple(ttls), tuple(scan.names) or _NONE,
+                 tuple(scan.addrs) or _NONE)
 
 
 class Cache(Link):
@@ -116,7 +127,7 @@ class Cache(Link):
             if now < entry.expires:
                 entries.move_to_end(key)
                 self.hits += 1
-                return Reply(entry.reply_for(q, now), entry.rcode, "cache", scan=entry.scan,
+                return Reply(entry.reply_for(q, now), entry.flags & 0xF, "cache", scan=entry,
                              entry=entry)
             del entries[key]
         self.misses += 1
@@ -154,7 +165,7 @@ class Cache(Link):
         entry = self.entries.get(key)
         if entry is not None and reply.entry is entry:
             return Reply(entry.reply_for(q, self.clock()), entry.rcode, "cache",
-                         scan=entry.scan, entry=entry)
+                         scan=entry, entry=entry)
         wire = reply.wire
         qend = q.qend
         return Reply(q.data[:2] + wire[2:12] + q.data[12:qend] + wire[qend:], reply.rcode,

@@ -68,7 +68,7 @@ class Reply:
         self.wire = wire        # the reply, with the client's id and question
         self.rcode = rcode
         self.source = source    # refused | error | sinkhole | cache | upstream | servfail
-        self.scan = scan        # an upstream answer's scan, for inspection
+        self.scan = scan        # names and addrs of an upstream answer, for inspection
         self.entry = entry      # the cache entry this answer is (or was stored as)
         self.detail = detail
 

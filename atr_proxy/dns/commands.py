@@ -59,10 +59,5 @@ def cmd_dns(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return asyncio.run(run_resolver(dns, _index_path(args, settings), settings.events))
-    except OSError as exc:
-        host, port = dns.listen
-        raise ConfigError("dns.listen", f"cannot serve on {host}:{port}: {exc.strerror or exc}"
-                          " (port in use, or port < 1024 needs root/CAP_NET_BIND_SERVICE)"
-                          ) from None
     except ValueError as exc:  # no upstream, a bad sinkhole address
         raise ConfigError("dns", str(exc)) from None

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DnsSettings, EventSettings
+from ..errors import ConfigError
 from ..events import EventWriter
 from ..indicators import ip_to_int
 from .access import ClientAccess, RateLimit
@@ -118,6 +119,21 @@ def _bind(host: str, port: int, kind: int) -> socket.socket:
     return sock
 
 
+def _bind_both(host: str, port: int) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets on one port (port 0: a free one, the same for both)."""
+    for _attempt in range(20):
+        udp = _bind(host, port, socket.SOCK_DGRAM)
+        try:
+            tcp = _bind(host, udp.getsockname()[1], socket.SOCK_STREAM)
+        except OSError:
+            udp.close()
+            if port:
+                raise
+            continue
+        return udp, tcp
+    raise OSError(f"no port free for both UDP and TCP on {host}")
+
+
 class DnsServer:
     """The resolver's sockets and chain. ``await start()``, then ``await close()``."""
 
@@ -150,24 +166,22 @@ class DnsServer:
         """Bind UDP and TCP on ``dns.listen`` (port 0: a free port, the same for both)."""
         self._loop = asyncio.get_running_loop()
         host, port = self.settings.listen
-        for _attempt in range(20):  # port 0: find one free for both UDP and TCP
-            udp = _bind(host, port, socket.SOCK_DGRAM)
-            chosen = udp.getsockname()[1]
-            try:
-                tcp = _bind(host, chosen, socket.SOCK_STREAM)
-            except OSError:
-                udp.close()
-                if port:
-                    raise
-                continue
-            break
-        else:
-            raise OSError(f"no port free for both UDP and TCP on {host}")
+        try:
+            udp, tcp = _bind_both(host, port)
+        except OSError as exc:
+            raise ConfigError("dns.listen", f"cannot serve on {host}:{port}: "
+                              f"{exc.strerror or exc} (port in use, or a port below 1024"
+                              " without root or CAP_NET_BIND_SERVICE)") from None
+        try:
+            self.links["upstream"].open()
+        except OSError as exc:
+            udp.close()
+            tcp.close()
+            raise ConfigError("dns.upstreams", f"cannot use the upstreams: {exc}") from None
         self._udp = udp
-        self.address = (host, chosen)
+        self.address = (host, udp.getsockname()[1])
         self._loop.add_reader(udp.fileno(), self._udp_readable)
         self._tcp = await asyncio.start_server(self._tcp_client, sock=tcp)
-        self.links["upstream"].open()
 
     async def close(self) -> None:
         if self._udp is not None:
@@ -376,8 +390,13 @@ async def run_resolver(settings: DnsSettings, index_path: str | Path,
     started = time.perf_counter()
     watcher = SnapshotWatcher(index_path)
     writer = EventWriter(index_path, events.jsonl if events else None)
-    server = DnsServer(settings, watcher, writer)
-    await server.start()
+    try:
+        server = DnsServer(settings, watcher, writer)
+        await server.start()
+    except BaseException:
+        writer.close()
+        watcher.close()
+        raise
     host, port = server.address
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     announce(f"atr-proxy dns: listening on udp+tcp {shown}; upstreams "
