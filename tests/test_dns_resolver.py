@@ -561,3 +561,25 @@ def test_serves_on_ipv6_loopback(resolver):
     assert answers(dns.query.tcp(q, "::1", port=r.port, timeout=3)) == ["192.0.2.1"]
     (event,) = r.events_written()
     assert event["client_ip"] == "::1"
+
+
+def test_the_cache_is_bounded_and_drops_the_least_recently_used(resolver, upstream):
+    r = resolver(cache_size=2)
+    for name in ("www.good.test", "notevil.test", "www.good.test", "x.exact.test"):
+        r.ask(name)  # x.exact.test pushes out notevil.test, the least recently used
+    r.ask("www.good.test")
+    r.ask("notevil.test")
+    assert upstream.count("www.good.test") == 1
+    assert upstream.count("notevil.test") == 2
+    assert r.call(lambda: len(r.server.links["cache"])) == 2
+
+
+def test_the_query_log_has_a_line_per_query(resolver, caplog):
+    r = resolver(query_log=True)
+    with caplog.at_level("INFO", logger="atr_proxy.dns.queries"):
+        r.ask("www.good.test")
+        r.ask("www.evil.test")
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "atr_proxy.dns.queries"]
+    assert any("www.good.test A -> NOERROR from upstream" in line for line in lines)
+    assert any("www.evil.test A -> NXDOMAIN from sinkhole" in line and "block" in line
+               for line in lines)
