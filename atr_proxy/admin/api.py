@@ -113,7 +113,7 @@ def create_app(
     if events is None:
         from ..events import EventWriter
 
-        events = EventWriter(index, settings.events.jsonl)
+        events = EventWriter(index, settings.events.jsonl, syslog=settings.events.syslog)
     ctx = AdminContext(settings, index, token, watcher, events, worker)
 
     @contextlib.asynccontextmanager

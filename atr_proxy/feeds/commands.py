@@ -142,7 +142,7 @@ async def _serve(settings: Any, index: Path, *, admin: bool = True) -> int:
 
         token, origin = admin_token(settings, index)
         watcher = SnapshotWatcher(index)
-        events = EventWriter(index, settings.events.jsonl)
+        events = EventWriter(index, settings.events.jsonl, syslog=settings.events.syslog)
         app = create_app(settings, index_path=index, watcher=watcher, events=events,
                          worker=worker, token=token)
         host, port = settings.admin.listen
