@@ -45,7 +45,12 @@ SWEEP_SECONDS = 0.02  # how often queries past their deadline are timed out
 
 
 class UpstreamError(Exception):
-    """An upstream answered, but not usefully (refused, wrong question, no room)."""
+    """An upstream answered, but not usefully (refused, wrong question)."""
+
+
+class LocalBusy(UpstreamError):
+    """Our side had no room (socket buffer full, ids exhausted): not the upstream's
+    fault, so it is not marked down for it."""
 
 
 def system_upstreams(path: str | Path = "/etc/resolv.conf") -> list[tuple[str, int]]:
@@ -101,7 +106,7 @@ class _Channel:
             if uid not in pending:
                 break
         else:
-            raise UpstreamError("too many queries in flight")
+            raise LocalBusy("too many queries in flight")
         waiter = Waiter()
         data, qend = query.data, query.qend
         pending[uid] = (waiter, data[12:qend - 4].lower(), data[qend - 4:qend], deadline)
@@ -109,7 +114,7 @@ class _Channel:
             self.sock.send(uid.to_bytes(2, "big") + data[2:])
         except (BlockingIOError, InterruptedError):
             del pending[uid]
-            raise UpstreamError("socket buffer full") from None
+            raise LocalBusy("socket buffer full") from None
         except OSError:
             del pending[uid]
             raise
@@ -319,8 +324,9 @@ class Upstream(Link):
                 if scan.rcode == REFUSED:
                     raise UpstreamError("refused")
             except (TimeoutError, OSError, EOFError, WireError, UpstreamError) as exc:
-                server.mark_failed(loop.time())
-                self._health_changed()
+                if not isinstance(exc, LocalBusy):
+                    server.mark_failed(loop.time())
+                    self._health_changed()
                 errors.append(f"{server.label} {_reason(exc)}")
                 continue
             if server.fails:
