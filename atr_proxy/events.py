@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -55,10 +55,12 @@ class Event:
     detail: str | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        # not dataclasses.asdict: it deep-copies every value, and events come in floods
+        return {name: getattr(self, name) for name in EVENT_FIELDS}
 
 
 EVENT_FIELDS = tuple(f.name for f in fields(Event))
+_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False)
 
 
 def events_for(
@@ -191,7 +193,8 @@ class EventWriter:
                 self._conn = None
         if self.jsonl is not None:
             try:
-                text = "".join(json.dumps(e.as_dict(), ensure_ascii=True) + "\n" for e in items)
+                encode = _JSON.encode
+                text = "".join([encode(e.as_dict()) + "\n" for e in items])
                 with open(self.jsonl, "a", encoding="ascii") as out:
                     out.write(text)
                 stored = True
