@@ -44,6 +44,8 @@ class Route:
     chunked: bool = False             # no Content-Length: chunked transfer
     fail_first: int = 0               # answer the first N requests with 500
     headers: dict[str, str] = field(default_factory=dict)
+    # write the whole answer yourself (resets, stalls, endless streams): gets the handler
+    raw: Callable[[BaseHTTPRequestHandler], None] | None = None
 
 
 @dataclass
@@ -136,6 +138,9 @@ class FeedServer:
             return self._send(h, 404, {}, b"not found\n")
         if route.delay:
             time.sleep(min(route.delay, MAX_DELAY))
+        if route.raw is not None:
+            h.close_connection = True
+            return route.raw(h)
         if not self._authorised(route, rec):
             return self._send(h, 401, {"WWW-Authenticate": 'Basic realm="feeds"'},
                               b"unauthorised\n")

@@ -9,7 +9,8 @@ naming the feed and saying what to do; the feed then keeps its last good indicat
   ``file://`` feed compares the file's modification time and size instead.
 - compression: ``Content-Encoding`` gzip/deflate/br is decoded by httpx; a body that is
   itself a ``.gz`` or a one-file ``.zip`` (served as a download) is unpacked too.
-- ``max_bytes`` is enforced while reading, on the decoded bytes (a gzip bomb stops early).
+- ``max_bytes`` is enforced while reading, on the decoded bytes (a gzip bomb stops early);
+  a gzip stream cut short is an error, and a whole transfer ends after 10 x ``timeout``.
 - retries with exponential backoff on timeouts, connection errors, 5xx, 408 and 429.
 - TAXII 2.1: the collection's objects endpoint, paged with ``next``, and after the first
   full fetch only what was added after the last ``X-TAXII-Date-Added-Last``.
@@ -48,6 +49,9 @@ MAX_TAXII_PAGES = 1000
 MAX_MISP_EVENTS = 20_000
 MISP_EVENT_CONCURRENCY = 4
 MAX_RETRY_AFTER = 60.0
+# ``timeout`` bounds connecting and each read; a whole transfer may take this many times
+# it: a server that trickles bytes for ever is cut off instead of holding a sync slot
+TRANSFER_TIMEOUTS = 10
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _MANIFEST_HEAD = re.compile(rb'^\s*\{\s*"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-')
 
@@ -189,8 +193,10 @@ class Fetcher:
                         headers: dict[str, str], params: dict[str, str] | None,
                         limit: int) -> Fetched:
         shown = redact_url(url)
+        budget = feed.timeout * TRANSFER_TIMEOUTS
         try:
-            async with client.stream("GET", url, headers=headers, params=params) as resp:
+            async with asyncio.timeout(budget), \
+                    client.stream("GET", url, headers=headers, params=params) as resp:
                 status = resp.status_code
                 if status == 304:
                     return Fetched("not_modified", http_status=304, url=shown,
@@ -205,19 +211,44 @@ class Fetcher:
                                      f" max_bytes {limit}; raise max_bytes if this is expected",
                                      http_status=status)
                 chunks, total = [], 0
-                async for chunk in resp.aiter_bytes():
-                    total += len(chunk)
-                    if total > limit:
-                        raise FetchError(feed.name, f"{shown} sent more than max_bytes {limit}"
-                                         " bytes; stopped reading (raise max_bytes if this is"
-                                         " expected)", http_status=status)
-                    chunks.append(chunk)
+                # gzip is inflated here, not by httpx: its decoder accepts a stream cut
+                # short (half a list would pass as the whole feed); zlib's eof tells
+                inflater = None
+                if resp.headers.get("Content-Encoding", "").strip().lower() in (
+                        "gzip", "x-gzip"):
+                    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
+                stream = resp.aiter_raw() if inflater else resp.aiter_bytes()
+                async for data in stream:
+                    while data:
+                        if inflater is None:
+                            chunk, data = data, b""
+                        else:
+                            try:
+                                chunk = inflater.decompress(data, limit - total + 1)
+                            except zlib.error as exc:
+                                raise httpx.DecodingError(str(exc)) from None
+                            data = inflater.unconsumed_tail
+                        total += len(chunk)
+                        if total > limit:
+                            raise FetchError(feed.name, f"{shown} sent more than max_bytes"
+                                             f" {limit} bytes; stopped reading (raise"
+                                             " max_bytes if this is expected)",
+                                             http_status=status)
+                        chunks.append(chunk)
+                if inflater is not None and not inflater.eof:
+                    raise FetchError(feed.name, f"{shown}: the gzip body is truncated (the"
+                                     " compressed stream ends early); the feed keeps its"
+                                     " indicators", http_status=status, retryable=True)
                 return Fetched(
                     "ok", b"".join(chunks), http_status=status, bytes=total, url=shown,
                     etag=resp.headers.get("ETag"),
                     last_modified=resp.headers.get("Last-Modified"),
                     headers={k.lower(): v for k, v in resp.headers.items()},
                 )
+        except TimeoutError:
+            raise FetchError(feed.name, f"{shown}: timed out: the transfer took more than"
+                             f" {budget:g}s ({TRANSFER_TIMEOUTS} x timeout); the feed keeps"
+                             " its indicators", retryable=True) from None
         except httpx.TimeoutException as exc:
             raise FetchError(feed.name, f"{shown}: timed out after {feed.timeout:g}s"
                              f" ({type(exc).__name__}); the feed keeps its indicators",
