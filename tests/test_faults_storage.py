@@ -1,0 +1,268 @@
+"""Crashes and storage faults with real processes: the sync worker SIGKILLed at random
+points of a large sync, readers (the DNS resolver) while the index is locked, replaced or
+unreadable, and a file-size limit (a full disk) under the resolver's event writer.
+
+``ATR_SOAK_KILLS`` sets how many kills (20 by default; ``make soak`` runs more)."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import dns.rcode
+import pytest
+import yaml
+
+from atr_proxy.index import connect
+
+from .conftest import atr_cli, fill
+from .dns_authority import Authority
+from .dns_harness import ResolverThread
+
+KILLS = int(os.environ.get("ATR_SOAK_KILLS", "20"))
+SIZE = 30_000                      # indicators per set; the two sets overlap by half
+SET_A = {f"a{i}.crash.example" for i in range(SIZE)}
+SET_B = {f"a{i}.crash.example" for i in range(SIZE // 2, SIZE + SIZE // 2)}
+
+
+def feed_values(index: Path, feed: str) -> set[str]:
+    conn = sqlite3.connect(f"file:{index}?mode=ro", uri=True, timeout=30)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return {v for (v,) in conn.execute(
+            "SELECT i.value FROM indicators i JOIN feeds f ON f.id=i.feed_id WHERE f.name=?",
+            (feed,))}
+    finally:
+        conn.close()
+
+
+def test_sigkill_during_a_large_sync_leaves_the_old_or_the_new_set_and_everything_else(
+        tmp_path):
+    index = tmp_path / "index.db"
+    big, other = tmp_path / "big.txt", tmp_path / "other.txt"
+    other.write_text("".join(f"o{i}.other.example\n" for i in range(500)))
+    big.write_text("\n".join(sorted(SET_A)) + "\n")
+    config = tmp_path / "atr.yaml"
+    config.write_text(yaml.safe_dump({"index": str(index), "feeds": [
+        {"name": "big", "url": f"file://{big}", "format": "plain", "max_shrink": 1.0},
+        {"name": "other", "url": f"file://{other}", "format": "plain"}]}))
+    cli = atr_cli() + ["--config", str(config)]
+    subprocess.run(cli + ["sync", "--once"], check=True, capture_output=True, timeout=120)
+    subprocess.run(cli + ["mdr", "add", "pushed.mdr.example"], check=True,
+                   capture_output=True, timeout=60)
+    other_before = feed_values(index, "other")
+    assert len(other_before) == 500 and feed_values(index, "big") == SET_A
+
+    rng = random.Random(int(os.environ.get("ATR_SOAK_SEED", "7")))
+    started = time.monotonic()
+    current = SET_A
+    big.write_text("\n".join(sorted(SET_B)) + "\n")
+    subprocess.run(cli + ["sync", "--once", "--feed", "big"], check=True,
+                   capture_output=True, timeout=120)
+    full = time.monotonic() - started  # one whole sync, process start included
+    current = SET_B
+    assert feed_values(index, "big") == SET_B
+    outcomes = {"old": 0, "new": 0}
+    for _ in range(KILLS):
+        target = SET_A if current == SET_B else SET_B
+        big.write_text("\n".join(sorted(target)) + "\n")
+        proc = subprocess.Popen(cli + ["sync", "--once", "--feed", "big"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.05, full * 1.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        got = feed_values(index, "big")  # also: PRAGMA integrity_check is ok
+        assert got in (current, target), (
+            f"a mix: {len(got & SET_A)} of A, {len(got & SET_B)} of B, {len(got)} in all")
+        outcomes["new" if got == target else "old"] += 1
+        current = got
+        assert feed_values(index, "other") == other_before
+        conn = connect(index)
+        try:
+            assert conn.execute("SELECT count(*) FROM indicators i JOIN feeds f ON"
+                                " f.id=i.feed_id WHERE f.module='mdr' AND i.value=?",
+                                ("pushed.mdr.example",)).fetchone()[0] == 1
+        finally:
+            conn.close()
+    # the index is still writable and a normal sync works after all the kills
+    subprocess.run(cli + ["sync", "--once"], check=True, capture_output=True, timeout=120)
+    print(f"kills={KILLS} full_sync_s={full:.2f} ended_old={outcomes['old']}"
+          f" ended_new={outcomes['new']}")
+
+
+# -- readers while the index is locked, replaced or unreadable -----------------------------
+@pytest.fixture
+def resolver(index_path, writer):
+    fill(writer, "bad", [("domain", "evil1.test")])
+    with Authority("www.good.test. 300 IN A 192.0.2.1\n"
+                   "evil2.test. 300 IN A 192.0.2.2\nevil3.test. 300 IN A 192.0.2.3\n"
+                   "evil4.test. 300 IN A 192.0.2.4\n") as auth, \
+            ResolverThread(index_path, upstreams=[("127.0.0.1", auth.port)],
+                           timeout=0.5) as r:
+        yield r
+
+
+def rcode(r: ResolverThread, name: str) -> int:
+    return r.ask(name, timeout=3).rcode()
+
+
+def wait_rcode(r: ResolverThread, name: str, want: int, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if rcode(r, name) == want:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def enforcing(r: ResolverThread, *blocked: str) -> None:
+    for name in blocked:
+        assert rcode(r, name) == dns.rcode.NXDOMAIN, name
+    assert rcode(r, "www.good.test") == dns.rcode.NOERROR
+
+
+def test_resolver_keeps_enforcing_while_the_index_is_locked_then_picks_up_the_change(
+        resolver, index_path, writer):
+    enforcing(resolver, "evil1.test")
+    locker = sqlite3.connect(index_path, timeout=5, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:  # 2 s of queries against a locked index
+            enforcing(resolver, "evil1.test")
+            time.sleep(0.1)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    fill(writer, "more", [("domain", "evil2.test")])
+    assert wait_rcode(resolver, "evil2.test", dns.rcode.NXDOMAIN)
+    enforcing(resolver, "evil1.test", "evil2.test")
+
+
+def test_resolver_keeps_enforcing_while_the_index_is_unreadable_then_recovers(
+        resolver, index_path, writer, tmp_path):
+    enforcing(resolver, "evil1.test")
+    writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    backup = tmp_path / "backup.db"
+    shutil.copyfile(index_path, backup)
+    good = index_path.read_bytes()
+    with open(index_path, "r+b") as f:  # garbage over the live file: every read fails
+        f.write(os.urandom(len(good)))
+    for _ in range(10):
+        enforcing(resolver, "evil1.test")
+        time.sleep(0.1)
+    with open(index_path, "r+b") as f:
+        f.write(good)
+    fill(writer, "after", [("domain", "evil3.test")])
+    assert wait_rcode(resolver, "evil3.test", dns.rcode.NXDOMAIN)
+    enforcing(resolver, "evil1.test", "evil3.test")
+
+
+def test_resolver_picks_up_an_index_restored_from_a_backup(resolver, index_path, writer,
+                                                          tmp_path):
+    """The supported way to replace a live index is SQLite's backup API (``sqlite3
+    index.db ".restore backup.db"``): it takes the locks. (A rename over the file is not
+    safe while the old WAL exists: SQLite would read the old WAL over the new file.)"""
+    backup = tmp_path / "backup.db"
+    src = sqlite3.connect(index_path)
+    dst = sqlite3.connect(backup)
+    src.backup(dst)  # state 1: evil1 only
+    src.close()
+    dst.close()
+    fill(writer, "more", [("domain", "evil4.test")])
+    assert wait_rcode(resolver, "evil4.test", dns.rcode.NXDOMAIN)
+    restore_from = sqlite3.connect(backup)
+    live = sqlite3.connect(index_path, timeout=10)
+    restore_from.backup(live)  # the index goes back to state 1
+    restore_from.close()
+    live.close()
+    for _ in range(5):
+        assert rcode(resolver, "evil1.test") == dns.rcode.NXDOMAIN  # meanwhile and after
+    assert wait_rcode(resolver, "evil4.test", dns.rcode.NOERROR, seconds=5), \
+        "the restored index was not picked up"
+    enforcing(resolver, "evil1.test")
+
+
+# -- a full disk under the event writer ----------------------------------------------------
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of death
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_resolver_under_a_file_size_limit_keeps_enforcing_and_reports_the_failure(
+        index_path, writer, tmp_path):
+    fill(writer, "bad", [("domain", "evil1.test")])
+    writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"")
+    limit = 64 * 1024  # events.jsonl may grow to 64 kB; the index's WAL too
+    with Authority("www.good.test. 300 IN A 192.0.2.1\n") as auth:
+        config = tmp_path / "atr.yaml"
+        config.write_text(yaml.safe_dump({
+            "index": str(index_path),
+            "dns": {"upstreams": [f"127.0.0.1:{auth.port}"]},
+            "events": {"jsonl": str(jsonl)}}))
+        proc = subprocess.Popen(
+            atr_cli() + ["--config", str(config), "dns", "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+            preexec_fn=_limit_file_size(limit))
+        try:
+            line = proc.stdout.readline()
+            port = int(re.search(r"udp\+tcp 127\.0\.0\.1:(\d+)", line).group(1))
+            assert "enforcing 1 indicators" in proc.stdout.readline()  # the index is loaded
+            r = ResolverThread.__new__(ResolverThread)
+            r.port = port
+            answered, other = 0, []
+            for i in range(1500):  # ~300 bytes of JSON each: well past the limit
+                reply = r.ask(f"n{i}.evil1.test", timeout=3)
+                answered += 1
+                if reply.rcode() != dns.rcode.NXDOMAIN:
+                    other.append((i, dns.rcode.to_text(reply.rcode()), str(reply)))
+            assert answered == 1500 and not other, other
+            assert r.ask("www.good.test").rcode() == dns.rcode.NOERROR
+            assert proc.poll() is None
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=10)
+    assert jsonl.stat().st_size <= limit
+    assert "event write failed" in err and "enforcement continues" in err, err[-2000:]
+    for line in jsonl.read_bytes().splitlines()[:-1]:  # whole lines, bar a cut last one
+        assert line.startswith(b"{") and line.endswith(b"}")
+    conn = sqlite3.connect(index_path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def test_sync_under_a_file_size_limit_fails_reports_and_keeps_the_old_set(tmp_path):
+    index = tmp_path / "index.db"
+    feed = tmp_path / "feed.txt"
+    feed.write_text("".join(f"old{i}.example\n" for i in range(100)))
+    config = tmp_path / "atr.yaml"
+    config.write_text(yaml.safe_dump({"index": str(index), "feeds": [
+        {"name": "f", "url": f"file://{feed}", "format": "plain", "max_shrink": 1.0}]}))
+    cli = atr_cli() + ["--config", str(config)]
+    subprocess.run(cli + ["sync", "--once"], check=True, capture_output=True, timeout=60)
+    before = feed_values(index, "f")
+    feed.write_text("".join(f"new{i}.example\n" for i in range(SIZE)))
+    limit = index.stat().st_size + 256 * 1024  # far less than 30,000 new rows need
+    out = subprocess.run(cli + ["sync", "--once", "--json"], capture_output=True, text=True,
+                         timeout=120, preexec_fn=_limit_file_size(limit))
+    assert out.returncode != 0
+    reported = out.stdout + out.stderr
+    assert "full" in reported or "too large" in reported.lower() or "big" in reported, reported
+    assert feed_values(index, "f") == before  # and PRAGMA integrity_check is ok
+    # with room again, the same sync succeeds
+    subprocess.run(cli + ["sync", "--once"], check=True, capture_output=True, timeout=120)
+    assert len(feed_values(index, "f")) == SIZE
