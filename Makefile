@@ -52,5 +52,14 @@ bench-dns: $(STAMP)
 	  || { echo "install dnsperf and dnsmasq-base as root"; exit 1; }
 	$(BIN)/python bench/bench_dns.py $(BENCH_DNS_ARGS)
 
+# the proxy against bare mitmdump and Squid (the squid package: the bench starts its own
+# instance on a loopback port with a config of its own, never the system service)
+.PHONY: bench-proxy
+bench-proxy: $(STAMP)
+	@{ command -v squid || test -x /usr/sbin/squid; } >/dev/null 2>&1 \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq squid; } \
+	  || { echo "install squid as root: apt-get install squid"; exit 1; }
+	$(BIN)/python bench/bench_proxy.py $(BENCH_PROXY_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -25,8 +25,10 @@ checked. An exception in a gate is logged and the flow goes on or is refused as
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from .resolver import AddressCache
 log = logging.getLogger("atr_proxy.proxy")
 
 FAILED_CLOSED = "atr-proxy could not check this request and proxy.fail is closed"
+SWITCH_INTERVAL = 0.0005  # seconds
 
 
 class AtrFilter:
@@ -127,6 +130,19 @@ class AtrFilter:
         old, self.enforcer, self.block_page = self.enforcer, enforcer, page
         if old is not None:
             old.close()
+
+    def running(self) -> None:
+        # What exists once the proxy runs (mitmproxy, the snapshot's few objects, every
+        # module) lives as long as the process: keep the cyclic collector off it, so that
+        # its full passes walk only what requests leave behind (measured: 10-30 us less
+        # CPU a plain-HTTP request, within the noise of this machine).
+        gc.collect()
+        gc.freeze()
+        # The index watcher thread gives up the GIL at every SQLite step and, while the
+        # event loop is busy, waits a whole switch interval to get it back: a 1,000-row
+        # delta took 1 s at the default 5 ms (measured), 55-70 ms at 0.5 ms. Forced
+        # switches only happen while another thread wants the GIL, which is rare here.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
 
     def done(self) -> None:
         if self.enforcer is not None:
