@@ -63,3 +63,12 @@ bench-proxy: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# the slow part of the hardening suite (RELIABILITY.md): the bounded soak of proxy and DNS
+# (ATR_SOAK_SECONDS, default 600), 200 SIGKILLs during syncs, 1,000,000 hostile DNS packets
+.PHONY: soak
+soak: $(STAMP) deps-test deps-operator
+	ATR_SOAK_KILLS=$${ATR_SOAK_KILLS:-200} ATR_SOAK_PACKETS=$${ATR_SOAK_PACKETS:-1000000} \
+	  ATR_SOAK_PARSE_BYTES=$${ATR_SOAK_PARSE_BYTES:-4000000} $(BIN)/python -m pytest -q -s \
+	  tests/test_faults_storage.py tests/test_hostile_input.py
+	$(BIN)/python bench/soak.py
