@@ -61,8 +61,20 @@ bench-proxy: $(STAMP)
 	  || { echo "install squid as root: apt-get install squid"; exit 1; }
 	$(BIN)/python bench/bench_proxy.py $(BENCH_PROXY_ARGS)
 
+# the whole suite on Python 3.12 with mitmproxy 12 (the Docker image's versions); pyenv's
+# 3.12 where there is one, else python3.12 on the PATH
+PY312 ?= $(shell ls $(HOME)/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1 || command -v python3.12)
+VENV312 ?= .venv312
+.PHONY: test-mitm12
+test-mitm12: deps-test deps-operator
+	@test -n "$(PY312)" || { echo "need python3.12 (pyenv install 3.12)"; exit 1; }
+	test -x $(VENV312)/bin/python || $(PY312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install -q --upgrade pip
+	$(VENV312)/bin/python -m pip install -q -e '.[test]' 'mitmproxy>=12,<13'
+	$(VENV312)/bin/python -m pytest -q
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV312) build *.egg-info
 
 # the slow part of the hardening suite (RELIABILITY.md): the bounded soak of proxy and DNS
 # (ATR_SOAK_SECONDS, default 600), 200 SIGKILLs during syncs, 1,000,000 hostile DNS packets
