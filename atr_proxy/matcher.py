@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from array import array
 from bisect import bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .indicators import (
@@ -612,7 +612,9 @@ def build_snapshot(
     *,
     generation: int,
     feeds: list[Feed],
-    rows: Iterable[tuple[int, int, int, str, str | None]],
+    rows: Iterable[tuple[int, int, int, str, str | None]] = (),
+    chunks: Iterable[tuple[Sequence[int], Sequence[int], str | Sequence[int], Sequence[str],
+                           Sequence[str | None]]] | None = None,
     capacity: int = 0,
     next_expiry: float | None = None,
     confirm: Callable[[int, str], bool] | None = None,
@@ -620,7 +622,9 @@ def build_snapshot(
     """Build a snapshot from rows of (indicator id, feed id, code, canonical value, URL host)
     where code is 0 for an exact domain, 1 for a subtree domain, 2 for a URL (whose host,
     without port, is the fifth field) and 3 for an IP; ``reader.live_indicators`` selects
-    them so. ``capacity`` is only a hint.
+    them so. ``chunks`` gives the same as columns, a chunk at a time (ids, feed ids, codes
+    as ints or a string of digits, values, hosts): ``reader.live_indicator_chunks``.
+    ``capacity`` is only a hint.
 
     This runs once per indicator at every start, so the table is built with numpy rather
     than a Python loop: entries sorted by home slot get their linear-probing slot from a
@@ -641,13 +645,15 @@ def build_snapshot(
     marker_parts: list[np.ndarray] = []
     v4: list[tuple[int, int, int, int]] = []
     v6: list[tuple[int, int, int, int]] = []
-    fetch = getattr(rows, "fetchmany", None)
-    chunks = iter(lambda: fetch(65_536), []) if fetch else _chunked(rows, 65_536)
-    for chunk in chunks:
-        idents, feed_ids, codes, values, hosts = zip(*chunk, strict=True)
+    if chunks is None:
+        chunks = (tuple(zip(*chunk, strict=True)) for chunk in _chunked(rows, 65_536))
+    for idents, feed_ids, codes, values, hosts in chunks:
         feed_arr = np.array(feed_ids, dtype=np.int64)
         tags = np.where(feed_arr <= top, tag_of[np.minimum(feed_arr, top)], -1)
-        code = np.array(codes, dtype=np.int64)
+        if isinstance(codes, str):
+            code = np.frombuffer(codes.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+        else:
+            code = np.array(codes, dtype=np.int64)
         for j in np.flatnonzero((code == 3) & (tags >= 0)).tolist():
             version, start, end = _interval(values[j])
             (v4 if version == 4 else v6).append((start, end, int(tags[j]) >> 2, idents[j]))

@@ -114,3 +114,19 @@ async def test_run_loop_picks_up_changes_within_a_second(index_path, writer):
         await asyncio.sleep(0.02)
     stop.set()
     await task
+
+
+def test_chunked_columns_give_the_same_rows_as_the_row_query(index_path, writer):
+    from atr_proxy.index import reader
+
+    fill(writer, "f", [("domain", f"n{i}.example", "exact" if i % 3 else "subtree")
+                       for i in range(500)]
+         + [("url", f"h{i % 9}.example:8080/p{i}") for i in range(200)]
+         + [("ip", f"192.0.2.{i}") for i in range(50)] + [("ip", "2001:db8::/48")])
+    rows = sorted(reader.live_indicators(writer.conn, time.time()))
+    chunked = []
+    for ids, feeds, codes, values, hosts in reader.live_indicator_chunks(
+            writer.conn, time.time(), size=97):
+        chunked += zip(ids, feeds, map(int, codes), values, hosts, strict=True)
+    assert sorted((i, f, c, v, h or None) for i, f, c, v, h in chunked) == rows
+    assert {h for _, _, c, _, h in rows if c == 2} == {f"h{i}.example" for i in range(9)}

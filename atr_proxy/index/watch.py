@@ -108,7 +108,7 @@ class SnapshotWatcher:
                 snap = build_snapshot(
                     generation=generation,
                     feeds=feeds,
-                    rows=reader.live_indicators(conn, now),
+                    chunks=reader.live_indicator_chunks(conn, now),
                     capacity=reader.capacity(conn),
                     next_expiry=reader.next_expiry(conn, now),
                     confirm=self._confirm if self.confirm_hits else None,
