@@ -224,8 +224,10 @@ class UpstreamServer:
 
     async def query_tcp(self, query: Query, timeout: float) -> bytes:
         uid = _ids.next().to_bytes(2, "big")
-        # wait_for, not asyncio.timeout: the chain may run outside an asyncio Task
-        data = await asyncio.wait_for(self._exchange_tcp(uid + query.data[2:]), timeout)
+        # The chain may run outside an asyncio Task, and from Python 3.12 on wait_for (like
+        # asyncio.timeout) needs one: the rare TCP retry gets a Task of its own.
+        data = await asyncio.ensure_future(
+            asyncio.wait_for(self._exchange_tcp(uid + query.data[2:]), timeout))
         if data[:2] != uid:
             raise WireError("a TCP answer with another id")
         return data
