@@ -238,7 +238,8 @@ def canonical_domain(value: str) -> str:
     reason = _domain_reason(name)
     if reason is not None:
         raise InvalidIndicator(value, reason)
-    numeric = _loose_ipv4(name)
+    # only a name whose last label is digits or hex ("0x1f") can be a numeric address
+    numeric = _loose_ipv4(name) if name[-1] in _HEX_OR_X else None
     if numeric is not None:
         raise InvalidIndicator(
             value, f"a numeric name that browsers read as the IPv4 address {numeric}; "
@@ -268,6 +269,7 @@ _AF_INET6 = socket.AF_INET6
 _from_bytes = int.from_bytes
 _MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _DIGITS = frozenset("0123456789")
+_HEX_OR_X = frozenset("0123456789abcdefxABCDEFX")
 _LEADING_ZERO_OCTET = re.compile(r"(?:^|[.:])0[0-9]")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -43,6 +43,9 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.
         conn.isolation_level = None  # explicit transactions only: see transaction()
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if not readonly:
+            if schema_version(conn) == 0:
+                # a new file: larger pages make bulk inserts of a million rows ~10% cheaper
+                conn.execute("PRAGMA page_size=16384")
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise IndexUnavailable(f"index {path}: cannot switch to WAL mode (got {mode})")

@@ -210,9 +210,9 @@ class IndexWriter:
                     f"feed {name!r}: the new list is empty and would remove all "
                     f"{len(existing)} indicators; refused (use --allow-empty to empty it)"
                 )
-            # sorted like the unique index, so that inserting touches its pages in order
-            adds = sorted((w for k, w in wanted.items() if k not in existing),
-                          key=lambda w: (w[0], w[1]))
+            # sorted like the unique index (the key is kind initial + value), so that
+            # inserting touches its pages in order
+            adds = [wanted[k] for k in sorted(k for k in wanted if k not in existing)]
             gone = [(k, v) for k, v in existing.items() if k not in wanted]
             if max_shrink is not None and existing and len(gone) / len(existing) > max_shrink:
                 raise ShrinkHeld(
@@ -221,9 +221,9 @@ class IndexWriter:
                     f" {max_shrink:.0%}; held back, the feed keeps its indicators"
                 )
             changed = []
-            for key, w in wanted.items():
-                old = existing.get(key)
-                if old is not None and (old[1] != w[2] or old[2] != w[3]):
+            for key in (wanted.keys() & existing.keys()) if existing else ():
+                w, old = wanted[key], existing[key]
+                if old[1] != w[2] or old[2] != w[3]:
                     changed.append((old[0], w))
             expiring: list[tuple[int, float]] = []
             deletes: list[tuple[int, str]] = []
