@@ -56,6 +56,9 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.
             conn.execute("PRAGMA foreign_keys=ON")
             migrate(conn)
         else:
+            # readers scan the index once per build and read single rows after that: a
+            # small page cache keeps the proxy's and the resolver's RSS down
+            conn.execute("PRAGMA cache_size=-512")
             version = schema_version(conn)
             if version > SCHEMA_VERSION:
                 raise IndexUnavailable(
