@@ -4,6 +4,11 @@ An event is written for every block and every monitored hit, by the proxy, the D
 resolver and the admin API alike. ``EventWriter.emit`` never blocks and never raises: it
 queues the record, and a background thread writes batches. If the disk is full or the
 index is locked, events are counted as dropped and logged; enforcement goes on.
+
+The same thread also keeps the ``counters`` table: ``count_check`` adds to an in-memory
+count (a dict increment on the hot path), and the thread adds what is new to the table at
+most once per flush interval, so that ``/metrics`` can show how much was checked, not only
+what was hit.
 """
 
 from __future__ import annotations
@@ -117,6 +122,10 @@ class EventWriter:
         self.failures = 0
         self.last_error: str | None = None
         self._queue: deque[Event] = deque()
+        # checks by (source, traffic): only ever grow; the thread writes what is new since
+        # _stored, so a failed write is retried and nothing is reset under a counting thread
+        self._checks: dict[tuple[str, str], int] = {}
+        self._stored: dict[tuple[str, str], int] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -140,8 +149,18 @@ class EventWriter:
         except Exception:  # an event problem must never fail a request
             log.exception("could not queue an event")
 
+    def count_check(self, source: str, traffic: str, n: int = 1) -> None:
+        """Count ``n`` requests or queries checked (most hit nothing and make no event);
+        written to the ``counters`` table with the next batch. Never raises."""
+        key = (source, traffic)
+        checks = self._checks
+        checks[key] = checks.get(key, 0) + n
+
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything queued so far is written (or given up); True if idle."""
+        """Wait until everything queued or counted so far is written (or given up); True
+        if idle."""
+        if self._checks != self._stored:
+            self._idle.clear()
         self._wake.set()
         return self._idle.wait(timeout)
 
@@ -164,8 +183,45 @@ class EventWriter:
                 while self._queue and len(items) < self.batch:
                     items.append(self._queue.popleft())
                 self._write(items)
+            self._write_counters()
             if not self._queue:
                 self._idle.set()
+        self._write_counters()  # the last counts, on close
+
+    def _write_counters(self) -> None:
+        if self.index is None:
+            return
+        now = dict(self._checks)  # one atomic copy under the GIL
+        rows = [(source, traffic, "checks", n - self._stored.get((source, traffic), 0),
+                 time.time()) for (source, traffic), n in now.items()
+                if n != self._stored.get((source, traffic), 0)]
+        if not rows:
+            return
+        try:
+            if self._conn is None:
+                from .index.db import connect
+
+                self._conn = connect(self.index)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT INTO counters(source, traffic, name, value, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, traffic, name) DO UPDATE"
+                    " SET value = value + excluded.value, updated_at = excluded.updated_at",
+                    rows)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            self._stored = now
+        except Exception as exc:  # counts stay in memory and are retried next time
+            self._fail(f"counters table: {exc}")
+            try:
+                if self._conn is not None:
+                    self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
 
     def _write(self, items: list[Event]) -> None:
         stored = False  # written to at least one sink

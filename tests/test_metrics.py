@@ -15,7 +15,10 @@ from atr_proxy.admin.api import create_app
 from atr_proxy.events import Event, EventWriter
 from atr_proxy.index import IndexWriter, connect
 from tests.conftest import fill
+from tests.dns_authority import Authority
+from tests.dns_harness import ResolverThread
 from tests.operator_harness import AdminHttp
+from tests.proxy_harness import CURL, Origin, RunningProxy, curl
 
 
 def scrape(url: str) -> dict[tuple[str, tuple], float]:
@@ -110,3 +113,45 @@ def test_metrics_show_indicators_verdicts_sync_and_snapshot(served) -> None:
     assert second[("atr_snapshot_reload_seconds", (("process", "admin"),))] >= 0
     # no client address is ever a label
     assert "127.0.0.9" not in httpx.get(server.url + "/metrics").text
+
+
+def test_metrics_count_every_request_and_query_checked_by_a_real_proxy_and_resolver(
+        served, tmp_path: Path) -> None:
+    if not Path(CURL).exists():
+        pytest.skip("needs curl")
+    server, _writer, _events = served
+    index = tmp_path / "index.db"
+    n = 5
+    checks = {("proxy", "system"): 0, ("dns", "dns"): 0}
+
+    def wanted(metrics: dict) -> dict[tuple[str, str], float]:
+        return {key: metrics.get(("atr_checks_total", (("source", key[0]),
+                                                       ("traffic", key[1]))), 0)
+                for key in checks}
+
+    origin = Origin("127.0.0.1")
+    proxy = RunningProxy(tmp_path / "p", {"index": str(index),
+                                          "events": {"jsonl": str(tmp_path / "events.jsonl")}})
+    try:
+        for _ in range(n):  # none of them hits anything: no event, but each was checked
+            assert curl(proxy, origin.url("/fine")).status == 200
+        with Authority("www.good.test. 300 IN A 203.0.113.1\n") as auth, \
+                ResolverThread(index, upstreams=[("127.0.0.1", auth.port)]) as resolver:
+            for _ in range(n):
+                assert [r.to_text() for a in resolver.ask("www.good.test").answer
+                        for r in a] == ["203.0.113.1"]
+        deadline = time.monotonic() + 5  # the proxy's writer adds them within 0.25 s
+        while time.monotonic() < deadline:
+            checks = wanted(scrape(server.url))
+            if all(v >= n for v in checks.values()):
+                break
+            time.sleep(0.1)
+    finally:
+        proxy.stop()
+        origin.close()
+    assert checks[("proxy", "system")] >= n  # curl from loopback: the proxy's own machine
+    assert checks[("dns", "dns")] == n       # cached after the first, still checked each time
+    assert not [e for e in proxy.events() if e.get("module")]  # and no hit was recorded
+    stored = connect(index).execute(
+        "SELECT source, traffic, value FROM counters WHERE name = 'checks'").fetchall()
+    assert ("dns", "dns", n) in stored

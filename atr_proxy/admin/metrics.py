@@ -11,9 +11,12 @@ resolver need no endpoint of their own.
   that does not happen);
 - verdicts (``events`` table): blocks and monitored hits by source (proxy, dns, admin),
   traffic type, module and feed, counted incrementally by event id. These are the hits;
-  requests and queries that hit nothing are not written anywhere, so checks that pass
-  cleanly are not counted here. The DNS resolver folds repeats of one hit within
-  ``dns.event_window``, and so do these counters;
+  requests and queries that hit nothing make no event and are counted as checks only.
+  The DNS resolver folds repeats of one hit within ``dns.event_window``, and so do these
+  counters;
+- checks (``counters`` table): requests and CONNECTs the proxy checked and queries the
+  resolver checked, hit or not, by source and traffic type; each process's event writer
+  adds to them at most every flush interval, so they trail by up to a quarter second;
 - the index generation, and this process's snapshot: generation, indicators, last reload
   duration, age and lag behind the index (the proxy and DNS keep their own snapshots of the
   same generations a few hundred milliseconds later);
@@ -157,7 +160,18 @@ class IndexCollector:
                                      labels=["source"])
         for source, n in sorted(self._system.items()):
             system.add_metric([source], n)
-        yield from (verdicts, system)
+        checks = CounterMetricFamily(
+            "atr_checks", "Requests and CONNECTs the proxy checked (traffic forwarded or"
+            " system) and queries the DNS resolver checked (dns), hit or not.",
+            labels=["source", "traffic"])
+        try:
+            rows = conn.execute("SELECT source, traffic, SUM(value) FROM counters"
+                                " WHERE name = 'checks' GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        except sqlite3.OperationalError:
+            rows = []  # an index of schema 1 opened read-only: no counters table yet
+        for source, traffic, n in rows:
+            checks.add_metric([source or "", traffic or ""], n or 0)
+        yield from (verdicts, system, checks)
 
     # -- index and snapshot ----------------------------------------------------------------
     def _snapshot(self, conn: sqlite3.Connection) -> Iterator[Metric]:

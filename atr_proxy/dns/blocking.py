@@ -32,6 +32,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
+    from ..events import EventWriter
     from ..index.watch import SnapshotWatcher
     from ..matcher import Hit
 
@@ -106,12 +107,16 @@ class Sinkhole:
 
 
 class IndexGate(Link):
-    """Fixes the snapshot a query is checked against. Until the first snapshot is
-    loaded nothing is forwarded unchecked: SERVFAIL with EDE "Not Ready"."""
+    """Fixes the snapshot a query is checked against, and counts the query as checked
+    (``EventWriter.count_check``). Until the first snapshot is loaded nothing is
+    forwarded unchecked: SERVFAIL with EDE "Not Ready"."""
 
-    def __init__(self, watcher: SnapshotWatcher, next: Link | None = None) -> None:
+    def __init__(self, watcher: SnapshotWatcher, next: Link | None = None,
+                 events: EventWriter | None = None) -> None:
         super().__init__(next)
         self.watcher = watcher
+        # every query past this gate is checked: counted for atr_checks_total
+        self._count = events.count_check if events is not None else None
 
     async def resolve(self, request: Request) -> Reply:
         watcher = self.watcher
@@ -120,6 +125,8 @@ class IndexGate(Link):
                                      ede=(EDE_NOT_READY, "loading the indicator index")),
                          SERVFAIL, "servfail", detail="index not loaded yet")
         request.snap = watcher.snapshot
+        if self._count is not None:
+            self._count("dns", "dns")
         return await self.next.resolve(request)
 
 

@@ -79,7 +79,7 @@ def build_chain(settings: DnsSettings, watcher, events: EventWriter | None,  # t
     if settings.rate_limit > 0:
         links["rate_limit"] = RateLimit(settings.rate_limit)
     links.update(
-        gate=IndexGate(watcher),
+        gate=IndexGate(watcher, events=events),
         client=ClientIndicator(sinkhole, fold),
         name=NamePolicy(sinkhole, fold),
         inspection=AnswerInspection(sinkhole, fold),

@@ -121,6 +121,18 @@ CREATE TABLE events (
 );
 CREATE INDEX events_at ON events (at);
 """,
+    2: """
+-- Running totals kept by each process's event writer, e.g. name 'checks': requests and
+-- queries checked by the proxy or the DNS resolver, hit or not. Each write adds to value.
+CREATE TABLE counters (
+    source     TEXT,                    -- proxy | dns
+    traffic    TEXT,                    -- forwarded | system | dns
+    name       TEXT,                    -- checks
+    value      INTEGER,
+    updated_at REAL,
+    PRIMARY KEY (source, traffic, name)
+);
+""",
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -276,6 +276,7 @@ class ConnectGate(Gate):
     def http_connect(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         enforcer = self.owner.enforcer
         client = client_address(flow.client_conn.peername)
+        enforcer.count_check(client)
         host = canonical_host(flow.request.host)
         enforcer.tunnel(flow.client_conn.id).connect_host = host
         names: list[Name] = [(host, "host", None)] if host else []
@@ -377,6 +378,7 @@ class RequestGate(Gate):
             return None
         request = flow.request
         client = client_address(flow.client_conn.peername)
+        enforcer.count_check(client)
         host = canonical_host(request.host)
         url = checkable_url(request.url)
         names: list[Name] = [(host, "host", url)] if host else []

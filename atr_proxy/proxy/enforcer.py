@@ -265,6 +265,11 @@ class Enforcer:
                         blocked.indicator, blocked.feed, blocked.event_id)
         return blocked
 
+    def count_check(self, client: str | None) -> None:
+        """Count one request or CONNECT checked (``atr_checks_total``); a dict increment."""
+        if self.events is not None:
+            self.events.count_check("proxy", traffic_of(client))
+
     def emit(self, events: list[Event]) -> None:
         if not events:
             return
