@@ -18,7 +18,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 CURL = "/usr/bin/curl"
@@ -221,34 +220,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
     def http_error_303(self, req, fp, code, msg, headers):  # noqa: ANN001, ANN201
         return fp
-
-
-class Origin:
-    """A plain HTTP origin on one loopback address that says who it is."""
-
-    def __init__(self, host: str = "127.0.0.3") -> None:
-        body = f"hello from the origin at {host}".encode()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.url = f"http://{host}:{self.server.server_address[1]}/"
-        self.body = body.decode()
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 _SHARED: AtrRun | None = None
