@@ -484,7 +484,9 @@ class Snapshot:
             literal = ip_to_int(host)
             if literal is not None:
                 hits += self.match_ip(literal, host_target)
-                url_host = True
+                # URL indicators on an address are keyed by it ("[v6]" in brackets)
+                bare = host.strip("[]")
+                url_host = self._is_url_host(f"[{bare}]" if ":" in bare else bare)
             else:
                 name_hits, url_host = self._name_hits(host, host_target)
                 hits += name_hits
@@ -495,6 +497,10 @@ class Snapshot:
         if dest_ip is not None and dest_ip != host:
             hits += self.match_ip(dest_ip, "ip")
         return hits
+
+    def _is_url_host(self, host: str) -> bool:
+        """Whether URL indicators exist for exactly this host (no parents)."""
+        return any(tag & 3 == URL_HOST for tag, _ in self.names.find(host))
 
     def _confirmed(self, ident: int, value: str) -> bool:
         confirm = self.confirm

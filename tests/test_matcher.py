@@ -73,6 +73,19 @@ def test_url_indicators_mark_their_host_and_parents_for_interception(writer, sna
         "x.evil.com/path/file.exe"]
 
 
+def test_url_indicators_on_address_hosts(writer, snapshot_of):
+    fill(writer, "f", [("url", "192.0.2.9/dl/"), ("url", "[2001:db8::9]:8080/x")])
+    snap = snapshot_of()
+    assert values(snap.check(host="192.0.2.9", url="http://192.0.2.9/dl/a.exe")) == [
+        "192.0.2.9/dl/"]
+    assert snap.check(host="192.0.2.9", url="http://192.0.2.9/other") == []
+    assert snap.check(host="192.0.2.10", url="http://192.0.2.10/dl/a.exe") == []
+    assert values(snap.check(host="2001:db8::9", url="http://[2001:db8::9]:8080/x")) == [
+        "[2001:db8::9]:8080/x"]
+    assert values(snap.check(host="[2001:db8::9]", url="http://[2001:db8::9]:8080/x")) == [
+        "[2001:db8::9]:8080/x"]
+
+
 def test_ip_indicators_exact_and_any_covering_range_v4_and_v6(writer, snapshot_of):
     fill(writer, "f", [("ip", "192.0.2.7"), ("ip", "198.51.100.0/24"), ("ip", "10.0.0.0/8"),
                        ("ip", "2001:db8::/32"), ("ip", "2001:db8:1::5")])
