@@ -58,10 +58,13 @@ def test_reload_marker_rebuilds(index_path, writer):
     watcher = SnapshotWatcher(index_path)
     watcher.load()
     writer.replace_feed(feed, [Item("domain", f"n{i}.example") for i in range(25_000)])
-    watcher.poll()
-    assert watcher.snapshot.match_name("old.example") == []
-    assert names(watcher.snapshot, "n24999.example") == ["f"]
-    assert watcher.snapshot.count() == 25_000
+    assert watcher.poll() is True
+    assert watcher.last_error is None
+    rebuilt = watcher.snapshot
+    assert rebuilt.match_name("old.example") == []
+    assert names(rebuilt, "n24999.example") == ["f"]
+    assert rebuilt.count() == 25_000
+    assert watcher.poll() is False and watcher.snapshot is rebuilt  # no second rebuild
 
 
 def test_expired_indicator_stops_matching_without_resync(index_path, writer):

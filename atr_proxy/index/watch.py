@@ -197,7 +197,8 @@ class SnapshotWatcher:
                 else snap.exceptions
             )
         finally:
-            if conn.in_transaction:
+            # after a rebuild, ``conn`` is closed and replaced: nothing to end
+            if conn is self._conn and conn.in_transaction:
                 conn.execute("COMMIT")
         self._publish(new, "delta", time.perf_counter() - started)
         return True
