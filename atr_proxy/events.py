@@ -216,12 +216,16 @@ class EventWriter:
             self._stored = now
         except Exception as exc:  # counts stay in memory and are retried next time
             self._fail(f"counters table: {exc}")
-            try:
-                if self._conn is not None:
-                    self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
+            self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Forget a connection that failed (disk full, file replaced); reopened next time."""
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        except Exception:
+            pass
+        self._conn = None
 
     def _write(self, items: list[Event]) -> None:
         stored = False  # written to at least one sink
@@ -241,12 +245,7 @@ class EventWriter:
                 stored = True
             except Exception as exc:  # disk full, locked, file replaced: report, go on
                 self._fail(f"events table: {exc}")
-                try:
-                    if self._conn is not None:
-                        self._conn.close()
-                except Exception:
-                    pass
-                self._conn = None
+                self._drop_connection()
         if self.jsonl is not None:
             try:
                 encode = _JSON.encode

@@ -138,38 +138,37 @@ class NameTable:
     def add_ref(self, text: str, tag: int) -> bool:
         """Count one more reference to a marker key; True if the key is new."""
         key = (hash(text) & HASH_MASK) | tag
-        keys, ids, size = self.keys, self.ids, self.size
-        i = (key >> TAG_BITS) % self.base
-        k = keys[i]
-        while k:
-            if k == key and ids[i]:
-                ids[i] += 1
-                return False
-            i += 1
-            if i == size:
-                i = 0
-            k = keys[i]
+        i = self._live_slot(key)
+        if i >= 0:
+            self.ids[i] += 1
+            return False
         self._put(key, 1)
         return True
 
     def remove_ref(self, text: str, tag: int) -> bool:
         """Drop one reference to a marker key; True if that was the last one."""
-        key = (hash(text) & HASH_MASK) | tag
+        i = self._live_slot((hash(text) & HASH_MASK) | tag)
+        if i < 0:
+            return False
+        self.ids[i] -= 1
+        if self.ids[i]:
+            return False
+        self.live -= 1
+        return True
+
+    def _live_slot(self, key: int, ident: int = 0) -> int:
+        """The slot holding ``key`` with a live id (that id, if given), or -1."""
         keys, ids, size = self.keys, self.ids, self.size
         i = (key >> TAG_BITS) % self.base
         k = keys[i]
         while k:
-            if k == key and ids[i]:
-                ids[i] -= 1
-                if ids[i] == 0:
-                    self.live -= 1
-                    return True
-                return False
+            if k == key and ids[i] and (not ident or ids[i] == ident):
+                return i
             i += 1
             if i == size:
                 i = 0
             k = keys[i]
-        return False
+        return -1
 
     def _put(self, key: int, ident: int) -> None:
         keys, ids, size = self.keys, self.ids, self.size
@@ -197,20 +196,12 @@ class NameTable:
         self.bloom[b >> 3] |= 1 << (b & 7)
 
     def remove(self, text: str, tag: int, ident: int) -> bool:
-        key = (hash(text) & HASH_MASK) | tag
-        keys, ids, size = self.keys, self.ids, self.size
-        i = (key >> TAG_BITS) % self.base
-        k = keys[i]
-        while k:
-            if k == key and ids[i] == ident:
-                ids[i] = 0  # a tombstone: probes continue past it; the Bloom bit stays
-                self.live -= 1
-                return True
-            i += 1
-            if i == size:
-                i = 0
-            k = keys[i]
-        return False
+        i = self._live_slot((hash(text) & HASH_MASK) | tag, ident)
+        if i < 0:
+            return False
+        self.ids[i] = 0  # a tombstone: probes continue past it; the Bloom bit stays
+        self.live -= 1
+        return True
 
     def find(self, text: str) -> list[tuple[int, int]]:
         """(tag, id) of every live entry whose key hashes like ``text``."""

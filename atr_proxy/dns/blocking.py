@@ -13,7 +13,7 @@ import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from ..policy import decide
+from ..policy import Verdict, decide
 from .chain import Link, Reply, Request
 from .querylog import EventFold
 from .wire import (
@@ -106,6 +106,16 @@ class Sinkhole:
                      rcode, "sinkhole", detail=detail)
 
 
+def enforce(sinkhole: Sinkhole, fold: EventFold, request: Request, verdict: Verdict,
+            dest_ip: str | None = None) -> Reply | None:
+    """Record a verdict's hits on the request and, if it blocks, the sinkhole reply; None
+    means the query goes on."""
+    if not verdict.hits:
+        return None
+    event_id = fold.note(request, verdict, dest_ip)
+    return sinkhole.reply(request, verdict.decisive, event_id) if verdict.blocked else None
+
+
 class IndexGate(Link):
     """Fixes the snapshot a query is checked against, and counts the query as checked
     (``EventWriter.count_check``). Until the first snapshot is loaded nothing is
@@ -146,10 +156,9 @@ class ClientIndicator(Link):
             if hits:
                 verdict = decide(hits, snap.exceptions, client=request.client,
                                  host=request.query.qname)
-                if verdict.hits:
-                    event_id = self.fold.note(request, verdict)
-                    if verdict.blocked:
-                        return self.sinkhole.reply(request, verdict.decisive, event_id)
+                blocked = enforce(self.sinkhole, self.fold, request, verdict)
+                if blocked is not None:
+                    return blocked
         return await self.next.resolve(request)
 
 
@@ -183,10 +192,9 @@ class NamePolicy(Link):
                 self._memo[name] = hits or ()  # one shared empty tuple for all misses
             if hits:
                 verdict = decide(hits, snap.exceptions, client=request.client, host=name)
-                if verdict.hits:
-                    event_id = self.fold.note(request, verdict)
-                    if verdict.blocked:
-                        return self.sinkhole.reply(request, verdict.decisive, event_id)
+                blocked = enforce(self.sinkhole, self.fold, request, verdict)
+                if blocked is not None:
+                    return blocked
         return await self.next.resolve(request)
 
 
@@ -226,24 +234,16 @@ class AnswerInspection(Link):
                 entry.clean = stamp
             return reply
         client, qname, exceptions = request.client, request.query.qname, snap.exceptions
-        blocked = None
         if name_hits:
             verdict = decide(name_hits, exceptions, client=client, host=qname,
                              extra_hosts=scan.names)
-            if verdict.hits:
-                event_id = self.fold.note(request, verdict)
-                if verdict.blocked:
-                    blocked = (verdict, event_id)
-        for text, hits in addr_hits:
+            blocked = enforce(self.sinkhole, self.fold, request, verdict)
             if blocked is not None:
-                break
+                return blocked
+        for text, hits in addr_hits:
             verdict = decide(hits, exceptions, client=client, host=qname, dest_ip=text,
                              extra_hosts=scan.names)
-            if verdict.hits:
-                event_id = self.fold.note(request, verdict, text)
-                if verdict.blocked:
-                    blocked = (verdict, event_id)
-        if blocked is not None:
-            verdict, event_id = blocked
-            return self.sinkhole.reply(request, verdict.decisive, event_id)
+            blocked = enforce(self.sinkhole, self.fold, request, verdict, text)
+            if blocked is not None:
+                return blocked
         return reply
