@@ -229,6 +229,17 @@ class Gate:
     def __init__(self, owner: AtrFilter) -> None:
         self.owner = owner
 
+    def report(self, flow: http.HTTPFlow, verdict: Verdict, client: str | None,
+               host: str | None, addresses: list[str] | tuple[()], **where: Any
+               ) -> Event | None:
+        """The event of a verdict that hits (None when it allows or is not recorded)."""
+        if verdict.action == "allow":
+            return None
+        enforcer = self.owner.enforcer
+        return enforcer.report(
+            verdict, client=client, dest_host=host or flow.request.host,
+            dest_ip=enforcer.listed_address(addresses), dest_port=flow.request.port, **where)
+
 
 # -- client address ---------------------------------------------------------------------
 def _refuse_client(gate: Gate, client: connection.Client) -> None:
@@ -309,12 +320,7 @@ class ConnectGate(Gate):
 
     def _answer(self, flow: http.HTTPFlow, verdict: Verdict, client: str | None,
                 host: str | None, addresses: list[str] | tuple[()]) -> None:
-        if verdict.action == "allow":
-            return
-        event = self.owner.enforcer.report(
-            verdict, client=client, dest_host=host or flow.request.host,
-            dest_ip=self.owner.enforcer.listed_address(addresses), dest_port=flow.request.port,
-            url=None, detail="CONNECT")
+        event = self.report(flow, verdict, client, host, addresses, url=None, detail="CONNECT")
         if event is not None:
             flow.response = self.owner.connect_refusal(event)
 
@@ -418,12 +424,7 @@ class RequestGate(Gate):
 
     def _answer(self, flow: http.HTTPFlow, verdict: Verdict, client: str | None,
                 host: str | None, addresses: list[str] | tuple[()]) -> None:
-        if verdict.action == "allow":
-            return
-        event = self.owner.enforcer.report(
-            verdict, client=client, dest_host=host or flow.request.host,
-            dest_ip=self.owner.enforcer.listed_address(addresses), dest_port=flow.request.port,
-            url=flow.request.url)
+        event = self.report(flow, verdict, client, host, addresses, url=flow.request.url)
         if event is not None:
             flow.metadata["atr_event"] = event.event_id
             flow.response = self.owner.block_response(event, flow)
