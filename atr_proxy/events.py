@@ -32,6 +32,8 @@ from .policy import Verdict
 log = logging.getLogger("atr_proxy.events")
 
 MAX_QUEUE = 100_000
+# the page cache of the connection that appends events and counters: appends touch few pages
+EVENT_CACHE_KIB = 1024
 
 
 def new_event_id() -> str:
@@ -201,7 +203,7 @@ class EventWriter:
             if self._conn is None:
                 from .index.db import connect
 
-                self._conn = connect(self.index)
+                self._conn = connect(self.index, cache_kib=EVENT_CACHE_KIB)
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(
@@ -234,7 +236,7 @@ class EventWriter:
                 if self._conn is None:
                     from .index.db import connect
 
-                    self._conn = connect(self.index)
+                    self._conn = connect(self.index, cache_kib=EVENT_CACHE_KIB)
                 self._conn.execute("BEGIN IMMEDIATE")
                 self._conn.executemany(
                     f"INSERT OR IGNORE INTO events({', '.join(EVENT_FIELDS)})"

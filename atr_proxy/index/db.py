@@ -21,11 +21,15 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
     return Path(path or os.environ.get("ATR_INDEX") or DEFAULT_INDEX)
 
 
-def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: str | os.PathLike[str], *, readonly: bool = False,
+            cache_kib: int | None = None) -> sqlite3.Connection:
     """Open the index, creating and migrating it unless ``readonly``.
 
     Readers (proxy, DNS) open with ``readonly=True`` and never write; the worker and the
-    operator tools migrate. Raises :class:`IndexUnavailable` naming the file on failure.
+    operator tools migrate. ``cache_kib`` caps the page cache (default: 128 MiB for
+    writers, 512 KiB for readers): a long-lived process that only appends small rows (the
+    event writer in the proxy and the resolver) keeps it small, or every page it ever
+    touched stays in its RSS. Raises :class:`IndexUnavailable` naming the file on failure.
     """
     path = Path(path)
     try:
@@ -52,13 +56,13 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False) -> sqlite3.
             conn.execute("PRAGMA synchronous=NORMAL")
             # a big page cache keeps the (feed, kind, value) index in memory while a large
             # feed is written; it is an upper bound, only used when needed
-            conn.execute("PRAGMA cache_size=-131072")
+            conn.execute(f"PRAGMA cache_size=-{cache_kib or 131072:d}")
             conn.execute("PRAGMA foreign_keys=ON")
             migrate(conn)
         else:
             # readers scan the index once per build and read single rows after that: a
             # small page cache keeps the proxy's and the resolver's RSS down
-            conn.execute("PRAGMA cache_size=-512")
+            conn.execute(f"PRAGMA cache_size=-{cache_kib or 512:d}")
             version = schema_version(conn)
             if version > SCHEMA_VERSION:
                 raise IndexUnavailable(
