@@ -96,3 +96,38 @@ async def test_errors_before_the_first_wait_are_raised_to_the_caller():
 
     with pytest.raises(ValueError):
         start(chain(Tag(), Broken()), request(), lambda r, e: None)
+
+
+def test_the_event_fold_forgets_hits_once_their_window_has_passed():
+    """A flood of new blocked names (one event each) must not keep MAX_FOLDED entries in
+    memory: only the last ``window`` seconds of hits are remembered (the soak's RSS)."""
+    from types import SimpleNamespace
+
+    from atr_proxy.dns.querylog import MAX_FOLDED, EventFold
+
+    now = [0.0]
+    fold = EventFold(10.0, clock=lambda: now[0])
+    verdict = SimpleNamespace(blocked=True, action="block",
+                              hits=[SimpleNamespace(indicator_id=7)])
+
+    def note(name: str) -> str | None:
+        from dnslib import DNSRecord
+
+        req = Request(parse_query(DNSRecord.question(f"{name}.test").pack()), "127.0.0.1",
+                      "udp")
+        return fold.note(req, verdict)
+
+    first = note("evil001")
+    now[0] = 5.0
+    assert note("evil001") == first  # folded within the window
+    for i in range(1000):  # 100 new names a second for 10 s
+        now[0] = 5.0 + i / 100
+        note(f"n{i:06d}")
+    assert len(fold._seen) <= 1001
+    now[0] = 100.0
+    note("evil001")
+    assert len(fold._seen) == 1 and len(fold._order) == 1  # all older hits forgotten
+    assert note("evil001") != first  # and a new event for the hit after its window
+    for i in range(MAX_FOLDED + 10):  # never more than MAX_FOLDED, whatever the window
+        note(f"m{i:06d}")
+    assert len(fold._seen) <= MAX_FOLDED

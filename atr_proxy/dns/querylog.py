@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 
 from dnslib import QTYPE
 
@@ -33,6 +34,10 @@ class EventFold:
         self.window = window
         self.clock = clock
         self._seen: dict[tuple, tuple[float, str | None]] = {}
+        # (time, key) in the order noted: entries leave when their window has passed, so the
+        # fold holds only the hits of the last ``window`` seconds (a flood of new names
+        # no longer fills it up to MAX_FOLDED and keeps it there)
+        self._order: deque[tuple[float, tuple]] = deque()
         self.folded = 0
 
     def note(self, request: Request, verdict, dest_ip: str | None = None) -> str | None:  # type: ignore[no-untyped-def]
@@ -50,17 +55,19 @@ class EventFold:
             request.findings.append((verdict, dest_ip, seen[1], False))
             return seen[1]
         event_id = new_event_id() if verdict.blocked else None
-        if len(self._seen) >= MAX_FOLDED:
-            self._prune(now)
+        self._expire(now)
         self._seen[key] = (now, event_id)
+        self._order.append((now, key))
         request.findings.append((verdict, dest_ip, event_id, True))
         return event_id
 
-    def _prune(self, now: float) -> None:
-        for key in [k for k, (t, _) in self._seen.items() if now - t >= self.window]:
-            del self._seen[key]
-        if len(self._seen) >= MAX_FOLDED:
-            self._seen.clear()
+    def _expire(self, now: float) -> None:
+        order, seen = self._order, self._seen
+        while order and (now - order[0][0] >= self.window or len(order) >= MAX_FOLDED):
+            at, key = order.popleft()
+            entry = seen.get(key)
+            if entry is not None and entry[0] == at:  # not noted again since
+                del seen[key]
 
 
 def qtype_name(qtype: int) -> str:
