@@ -200,11 +200,7 @@ class EventWriter:
         if not rows:
             return
         try:
-            if self._conn is None:
-                from .index.db import connect
-
-                self._conn = connect(self.index, cache_kib=EVENT_CACHE_KIB)
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._connection().execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(
                     "INSERT INTO counters(source, traffic, name, value, updated_at)"
@@ -220,6 +216,17 @@ class EventWriter:
             self._fail(f"counters table: {exc}")
             self._drop_connection()
 
+    def _connection(self) -> sqlite3.Connection:
+        """The index connection, reopened if the file was renamed over since (else the
+        events would go to the old file, and its WAL would be held open)."""
+        if self._conn is not None and self._conn.replaced():
+            self._drop_connection()
+        if self._conn is None:
+            from .index.db import connect
+
+            self._conn = connect(self.index, cache_kib=EVENT_CACHE_KIB)
+        return self._conn
+
     def _drop_connection(self) -> None:
         """Forget a connection that failed (disk full, file replaced); reopened next time."""
         try:
@@ -233,11 +240,7 @@ class EventWriter:
         stored = False  # written to at least one sink
         if self.index is not None:
             try:
-                if self._conn is None:
-                    from .index.db import connect
-
-                    self._conn = connect(self.index, cache_kib=EVENT_CACHE_KIB)
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._connection().execute("BEGIN IMMEDIATE")
                 self._conn.executemany(
                     f"INSERT OR IGNORE INTO events({', '.join(EVENT_FIELDS)})"
                     f" VALUES ({', '.join('?' * len(EVENT_FIELDS))})",

@@ -14,18 +14,21 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import dns.rcode
+import httpx
 import pytest
 import yaml
 
-from atr_proxy.index import connect
+from atr_proxy.index import IndexWriter, connect
 
 from .conftest import atr_cli, fill
 from .dns_authority import Authority
 from .dns_harness import ResolverThread
+from .proxy_harness import Origin, RunningProxy, curl, free_port
 
 KILLS = int(os.environ.get("ATR_SOAK_KILLS", "20"))
 SIZE = 30_000                      # indicators per set; the two sets overlap by half
@@ -266,3 +269,204 @@ def test_sync_under_a_file_size_limit_fails_reports_and_keeps_the_old_set(tmp_pa
     # with room again, the same sync succeeds
     subprocess.run(cli + ["sync", "--once"], check=True, capture_output=True, timeout=120)
     assert len(feed_values(index, "f")) == SIZE
+
+
+# -- a new index file renamed over the live one ----------------------------------------------
+def _index_with(path: Path, entries: list[tuple[str, str]]) -> None:
+    writer = IndexWriter(connect(path))
+    fill(writer, "bad", entries)
+    writer.conn.close()  # the last connection: the WAL is checkpointed and removed
+
+
+def test_an_index_renamed_over_while_everything_runs_is_read_whole_never_mixed(tmp_path):
+    """``mv new.db index.db`` while the worker, the resolver and the proxy have the old file
+    open (with events and an analyst push still in its WAL). SQLite alone would read the old
+    WAL over the new file (a mix of both, and a checkpoint would write it in). Instead: each
+    process lets go of the old file, the last one out removes its WAL, and all of them read
+    the new file. Meanwhile DNS and proxy enforce the old set or the new one, never neither."""
+    index, new = tmp_path / "index.db", tmp_path / "new.db"
+    _index_with(index, [("domain", "evil1.test"), ("ip", "127.0.0.7")])
+    _index_with(new, [("domain", "evil2.test"), ("ip", "127.0.0.8")])
+    assert not Path(f"{new}-wal").exists()
+    admin_port = free_port()
+    env = {**os.environ, "MV_TOKEN": "mv-token-0123456789"}
+    env.pop("ATR_CONFIG", None)
+    env.pop("ATR_INDEX", None)
+    old_origin, new_origin = Origin("127.0.0.7"), Origin("127.0.0.8")
+    procs: list[subprocess.Popen] = []
+    proxy = None
+    with Authority("www.good.test. 300 IN A 192.0.2.1\nevil1.test. 300 IN A 192.0.2.2\n"
+                   "evil2.test. 300 IN A 192.0.2.3\nevil4.test. 300 IN A 192.0.2.4\n"
+                   "evil5.test. 300 IN A 192.0.2.5\n") as auth:
+        config = {"index": str(index),
+                  "dns": {"upstreams": [f"127.0.0.1:{auth.port}"]},
+                  "admin": {"listen": f"127.0.0.1:{admin_port}", "token": "${MV_TOKEN}"},
+                  "proxy": {"certs": str(tmp_path / "certs")},
+                  "events": {"jsonl": str(tmp_path / "events.jsonl")}}
+        config_file = tmp_path / "atr.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+        cli = atr_cli() + ["--config", str(config_file)]
+        logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("worker", "dns")}
+        try:
+            procs.append(subprocess.Popen(cli + ["sync"], env=env, stdout=logs["worker"],
+                                          stderr=subprocess.STDOUT, text=True))
+            dns_proc = subprocess.Popen(cli + ["dns", "--listen", "127.0.0.1:0"], env=env,
+                                        stdout=subprocess.PIPE, stderr=logs["dns"], text=True)
+            procs.append(dns_proc)
+            port = int(re.search(r"udp\+tcp 127\.0\.0\.1:(\d+)",
+                                 dns_proc.stdout.readline()).group(1))
+            r = ResolverThread.__new__(ResolverThread)
+            r.port = port
+            proxy = RunningProxy(tmp_path / "proxy",
+                                 {k: v for k, v in config.items() if k != "admin"})
+            api = httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10,
+                               headers={"Authorization": "Bearer mv-token-0123456789"})
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if api.get("/api/v1/health").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+
+            def sinkholed(name: str) -> bool:
+                reply = r.ask(name, timeout=3)
+                return reply.rcode() == dns.rcode.NXDOMAIN and bool(reply.extended_errors())
+
+            def state() -> tuple[bool, bool, bool, bool]:
+                return (sinkholed("evil1.test"), sinkholed("evil2.test"),
+                        curl(proxy, old_origin.url()).status == 403,
+                        curl(proxy, new_origin.url()).status == 403)
+
+            old_state, new_state = (True, False, True, False), (False, True, False, True)
+            assert wait_for(lambda: state() == old_state)
+            # an analyst push and events: the old file's WAL is not empty
+            push = api.post("/api/v1/mdr/indicators",
+                            json=[{"type": "domain", "value": "evil4.test"}])
+            assert push.status_code == 201, push.text
+            assert wait_for(lambda: sinkholed("evil4.test"))
+            assert Path(f"{index}-wal").stat().st_size > 0
+            os.replace(new, index)
+            seen = []
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                now = state()
+                seen.append(now)
+                # each process enforces the old set or the new one: never neither, no mix
+                assert now[:2] in (old_state[:2], new_state[:2]), seen
+                assert now[2:] in (old_state[2:], new_state[2:]), seen
+                if now == new_state:
+                    break
+                time.sleep(0.1)
+            assert seen[-1] == new_state, f"the new file was not picked up: {seen[-3:]}"
+            assert not sinkholed("evil4.test")  # the push was in the file that was replaced
+            # the worker writes into the new file, and the readers see it
+            push = api.post("/api/v1/mdr/indicators",
+                            json=[{"type": "domain", "value": "evil5.test"}])
+            assert push.status_code == 201, push.text
+            assert wait_for(lambda: sinkholed("evil5.test"))
+            assert api.get("/api/v1/health").status_code == 200
+        finally:
+            if proxy is not None:
+                proxy.stop()
+            for p in procs:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            for f in logs.values():
+                f.close()
+            old_origin.close()
+            new_origin.close()
+    conn = sqlite3.connect(index)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        values = {v for (v,) in conn.execute("SELECT value FROM indicators")}
+        assert values == {"evil2.test", "127.0.0.8", "evil5.test"}, values
+    finally:
+        conn.close()
+    said = (tmp_path / "worker.log").read_text() + (tmp_path / "dns.log").read_text()
+    assert "was replaced" in said, said[-3000:]
+
+
+def wait_for(check, seconds: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_while_another_process_holds_the_replaced_file_the_last_snapshot_stays(
+        resolver, index_path, tmp_path):
+    """Someone else (an operator's sqlite3 shell, a stuck tool) keeps the old file open after
+    the rename: the resolver must not read the new file through the old WAL; it keeps its
+    snapshot, says why, and reads the new file once the holder lets go."""
+    new = tmp_path / "new.db"
+    _index_with(new, [("domain", "evil2.test")])
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+         f"c = sqlite3.connect({str(index_path)!r})\n"
+         "c.execute('SELECT COUNT(*) FROM indicators').fetchall()\n"
+         "print('holding', flush=True)\nsys.stdin.read()\nc.close()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        enforcing(resolver, "evil1.test")
+        os.replace(new, index_path)
+        for _ in range(15):  # 1.5 s: the old snapshot, not the new file read through the WAL
+            assert rcode(resolver, "evil1.test") == dns.rcode.NXDOMAIN
+            assert rcode(resolver, "evil2.test") == dns.rcode.NOERROR
+            time.sleep(0.1)
+        assert "still held" in (resolver.watcher.last_error or ""), resolver.watcher.last_error
+    finally:
+        holder.communicate("", timeout=10)
+    assert wait_rcode(resolver, "evil2.test", dns.rcode.NXDOMAIN)
+    assert not resolver.ask("evil1.test").extended_errors()  # the upstream's answer now
+
+
+def test_index_backup_and_restore_commands_while_the_resolver_runs(resolver, index_path,
+                                                                  writer, tmp_path):
+    cli = atr_cli() + ["--index", str(index_path), "index"]
+    backup = tmp_path / "backup.db"
+    out = subprocess.run(cli + ["backup", str(backup)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and "1 indicators" in out.stdout, out.stdout + out.stderr
+    refused = subprocess.run(cli + ["backup", str(backup)], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode != 0 and "--force" in refused.stderr
+    fill(writer, "more", [("domain", "evil4.test")])
+    assert wait_rcode(resolver, "evil4.test", dns.rcode.NXDOMAIN)
+    out = subprocess.run(cli + ["restore", str(backup)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert wait_rcode(resolver, "evil4.test", dns.rcode.NOERROR), "the restore was not picked up"
+    enforcing(resolver, "evil1.test")
+    kept = sqlite3.connect(f"{index_path}.before-restore")
+    assert {v for (v,) in kept.execute("SELECT value FROM indicators")} == {
+        "evil1.test", "evil4.test"}
+    kept.close()
+    # another index with 4 KiB pages, as an older atr-proxy made them, and a change log no
+    # longer than the live one: still read whole
+    other = tmp_path / "other.db"
+    plain = sqlite3.connect(other)
+    plain.execute("PRAGMA page_size=4096")
+    plain.execute("CREATE TABLE scratch(x)")
+    plain.close()
+    _index_with(other, [("domain", "evil3.test")])
+    assert sqlite3.connect(other).execute("PRAGMA page_size").fetchone()[0] == 4096
+    out = subprocess.run(cli + ["restore", "--no-keep", str(other)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert wait_rcode(resolver, "evil3.test", dns.rcode.NXDOMAIN)
+    assert not resolver.ask("evil1.test").extended_errors()
+    # a file that is not an index is refused, the live one untouched
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(os.urandom(8192))
+    out = subprocess.run(cli + ["restore", str(junk)], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode != 0 and "junk.db" in out.stderr
+    assert rcode(resolver, "evil3.test") == dns.rcode.NXDOMAIN
+    assert sqlite3.connect(index_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"

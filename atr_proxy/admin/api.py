@@ -76,6 +76,12 @@ class AdminContext:
     def db(self) -> sqlite3.Connection:
         """This thread's index connection (handlers run in a thread pool)."""
         conn = getattr(self._local, "conn", None)
+        if conn is not None and conn.replaced():
+            # the index file was renamed over: every thread's connection lets go of the old
+            # file (its WAL must be released before the new file may be read), this one
+            # reopens now, the others on their next request
+            self._close_replaced()
+            conn = None
         if conn is None:
             conn = connect(self.index_path)
             conn.execute(f"PRAGMA busy_timeout={DB_BUSY_MS}")
@@ -83,6 +89,13 @@ class AdminContext:
             with self._lock:
                 self._conns.append(conn)
         return conn
+
+    def _close_replaced(self) -> None:
+        with self._lock:
+            for old in [c for c in self._conns if c.replaced()]:
+                with contextlib.suppress(sqlite3.Error):
+                    old.close()
+                self._conns.remove(old)
 
     def close(self) -> None:
         with self._lock:

@@ -26,7 +26,8 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,9 +138,7 @@ class SyncWorker:
         self.rng = rng or random.Random()
         self.feeds = {f.name: f for f in settings.feeds}
         self.suppressor: Suppressor = load_suppressor(settings.suppress)
-        self.conn = connect(self.index_path)
-        self.conn.execute("PRAGMA busy_timeout=30000")  # MDR pushes may wait on a big sync
-        self.writer = IndexWriter(self.conn)
+        self._open()
         self._db = threading.Lock()   # one connection, used from worker threads in turn
         self._gate: asyncio.Semaphore | None = None
         self._lines: dict[str, line_delta.LineState] = {}
@@ -149,6 +148,23 @@ class SyncWorker:
         self.prepared = False
         self.last_housekeeping: dict[str, Any] = {}
 
+    def _open(self) -> None:
+        self.conn = connect(self.index_path)
+        self.conn.execute("PRAGMA busy_timeout=30000")  # MDR pushes may wait on a big sync
+        self.writer = IndexWriter(self.conn)
+
+    @contextmanager
+    def _index(self) -> Iterator[None]:
+        """The connection, for one step at a time. If the index file was renamed over since
+        it was opened, the old file is let go and the new one opened (or, while another
+        process still holds the old file's WAL, IndexUnavailable: the step fails, is retried)."""
+        with self._db:
+            if self.conn.replaced():
+                log.warning("index %s was replaced; opening the new file", self.index_path)
+                self.conn.close()
+                self._open()
+            yield
+
     def close(self) -> None:
         with self._db:
             self.conn.close()
@@ -157,7 +173,7 @@ class SyncWorker:
     def prepare(self) -> dict[str, Any]:
         """Write the config into the index: feeds, MDR feeds, exceptions; apply the
         suppression lists. Idempotent; returns what changed."""
-        with self._db:
+        with self._index():
             report = {"feeds": self._prepare_feeds(), "exceptions": self._prepare_exceptions()}
             report["suppressed"] = self._suppress_all()
         self.prepared = True
@@ -340,7 +356,7 @@ class SyncWorker:
         return outcome
 
     def _feed_row(self, name: str) -> dict[str, Any]:
-        with self._db:
+        with self._index():
             row = self.conn.execute(
                 "SELECT id, etag, last_modified, indicator_count FROM feeds WHERE name=?",
                 (name,)).fetchone()
@@ -358,7 +374,7 @@ class SyncWorker:
         source = fetched.url or feed.name
         spec = feed_spec(self.settings, feed)
         state["fetched"] = fetched
-        with self._db:
+        with self._index():
             feed_id = state["id"]
             if fetched.incremental:
                 self._apply_incremental(feed, feed_id, fetched, source, outcome)
@@ -488,7 +504,7 @@ class SyncWorker:
             fields["etag"] = fetched.etag
             fields["last_modified"] = (fetched.cursor if feed.format == "taxii2"
                                        else fetched.last_modified)
-        with self._db:
+        with self._index():
             self.writer.set_feed_status(state["id"], **fields)
 
     # -- many feeds -----------------------------------------------------------------------
@@ -513,7 +529,7 @@ class SyncWorker:
     def housekeeping(self) -> dict[str, Any]:
         """Purge expired indicators and prune old change-log entries."""
         now = self.clock()
-        with self._db:
+        with self._index():
             purged = self.writer.purge_expired(now)
             pruned = self.writer.prune_changes(now - self.settings.sync.keep_changes)
         self.last_housekeeping = {"at": now, "purged": purged, "pruned": pruned}
@@ -549,7 +565,7 @@ class SyncWorker:
             delay = max(0.0, (outcome.next_run or self.clock() + feed.interval) - self.clock())
 
     def _schedule_row(self, name: str) -> tuple | None:
-        with self._db:
+        with self._index():
             return self.conn.execute("SELECT last_success, next_run FROM feeds WHERE name=?",
                                      (name,)).fetchone()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
 import sqlite3
 import time
@@ -12,8 +14,96 @@ from pathlib import Path
 from ..errors import IndexUnavailable
 from .schema import MIGRATIONS, SCHEMA_VERSION
 
+log = logging.getLogger("atr_proxy.index")
+
 DEFAULT_INDEX = "atr-index.db"
 BUSY_TIMEOUT_MS = 5000
+SHM_DMS_BYTE = 128  # SQLite's unix VFS: every connection holds a read lock here on the -shm
+
+
+class IndexConnection(sqlite3.Connection):
+    """A connection that knows which file it opened: ``replaced()`` says whether the path
+    now names another file (renamed over the index while this connection was open)."""
+
+    path: Path
+    inode: int
+
+    def replaced(self) -> bool:
+        return _inode(self.path) != self.inode
+
+
+def _inode(path: Path | str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _owner_file(path: Path) -> Path:
+    return path.with_name(path.name + "-wal-owner")
+
+
+def _record_owner(path: Path, opened: int) -> None:
+    """Write down which database file the -wal and -shm beside it belong to (their inodes
+    and the database's: ``opened``, the file our connection has), so that a process can
+    tell them apart from a replaced file's."""
+    inodes = [opened, _inode(f"{path}-wal"), _inode(f"{path}-shm")]
+    if _inode(path) != opened:  # replaced since: these sidecars are not the new file's
+        return
+    text = " ".join("-" if i is None else str(i) for i in inodes) + "\n"
+    owner = _owner_file(path)
+    try:
+        if owner.read_text() == text:
+            return
+    except OSError:
+        pass
+    try:
+        tmp = owner.with_name(f"{owner.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, owner)
+    except OSError:  # a read-only directory: no guard, as before
+        pass
+
+
+def _guard_replaced(path: Path) -> None:
+    """Before opening ``path``: if the index file was replaced (a new file renamed over it)
+    while the old file's -wal and -shm are still beside it, SQLite would read the old WAL
+    over the new file (and a checkpoint would write it in). Those files are removed once no
+    process holds them any more; until then the index is unavailable (readers keep their
+    last snapshot). Files copied together (a new inode for the WAL too) are left alone."""
+    try:
+        recorded = _owner_file(path).read_text().split()
+    except OSError:
+        return
+    if len(recorded) != 3 or recorded[0] == str(_inode(path)):
+        return
+    stale = [f"{path}{suffix}" for suffix, was in zip(("-wal", "-shm"), recorded[1:], strict=True)
+             if was != "-" and str(_inode(f"{path}{suffix}")) == was]
+    if not stale:
+        return
+    shm = f"{path}-shm"
+    fd = None
+    try:
+        if f"{path}-shm" in stale:
+            fd = os.open(shm, os.O_RDWR)
+            try:  # the dead-man byte: free only when no other process has the file open
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_DMS_BYTE)
+            except OSError:
+                raise IndexUnavailable(
+                    f"index {path} was replaced while in use; the old file's WAL is still held"
+                    f" by another process, so the new file is not read until it lets go (use"
+                    f" 'atr-proxy index restore' to replace a live index)") from None
+        for name in stale:
+            if name.endswith("-wal") or name == shm:
+                try:
+                    os.unlink(name)
+                except FileNotFoundError:
+                    pass
+        log.warning("index %s was replaced while in use: removed the old file's %s",
+                    path, " and ".join(Path(n).name for n in stale))
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def resolve_path(path: str | os.PathLike[str] | None) -> Path:
@@ -22,7 +112,7 @@ def resolve_path(path: str | os.PathLike[str] | None) -> Path:
 
 
 def connect(path: str | os.PathLike[str], *, readonly: bool = False,
-            cache_kib: int | None = None) -> sqlite3.Connection:
+            cache_kib: int | None = None) -> IndexConnection:
     """Open the index, creating and migrating it unless ``readonly``.
 
     Readers (proxy, DNS) open with ``readonly=True`` and never write; the worker and the
@@ -32,18 +122,38 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False,
     touched stays in its RSS. Raises :class:`IndexUnavailable` naming the file on failure.
     """
     path = Path(path)
+    for _ in range(3):
+        before = _inode(path)
+        conn = _open(path, readonly=readonly, cache_kib=cache_kib)
+        opened = before if before is not None else _inode(path)  # None: we created it
+        if opened is not None and _inode(path) == opened:
+            conn.path, conn.inode = path, opened
+            _record_owner(path, opened)
+            return conn
+        conn.close()  # renamed over while we opened it: which file we have is unknown
+    raise IndexUnavailable(f"index {path} was replaced each time it was opened")
+
+
+def _open(path: Path, *, readonly: bool, cache_kib: int | None) -> IndexConnection:
     try:
         if readonly:
             if not path.exists():
                 raise IndexUnavailable(f"index {path} does not exist (run a sync or import first)")
+            _guard_replaced(path)
+            # read-write with query_only, not mode=ro: a read-only connection that closes
+            # last leaves the WAL behind, and a replaced file's WAL must go
             conn = sqlite3.connect(
-                f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
-                check_same_thread=False,
+                f"file:{path}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                check_same_thread=False, factory=IndexConnection,
             )
+            conn.execute("PRAGMA query_only=1")
         else:
             if path.parent and not path.parent.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            if path.exists():
+                _guard_replaced(path)
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False,
+                                   factory=IndexConnection)
         conn.isolation_level = None  # explicit transactions only: see transaction()
         conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         if not readonly:

@@ -60,13 +60,17 @@ class SnapshotWatcher:
         self._data_version: int | None = None
         self._expiry_checked = 0.0
         self._identity: tuple[int, int] | None = None
+        self._snap_identity: tuple[int, int] | None = None  # the file the snapshot came from
         self._fresh = False  # a new connection: the file may be another one, rebuild
 
     # -- reading -----------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
         identity = _file_identity(self.path)  # raises OSError if the file is gone
         if self._conn is not None and identity != self._identity:
-            self._drop_connection()  # the file was replaced: our connection reads the old one
+            # the file was replaced: let go of the old one at once (its WAL must be released
+            # before anyone may read the new file), keep the snapshot, reload on the next poll
+            self._drop_connection()
+            self._drop_confirm()
             self._identity = identity
             raise IndexUnavailable(f"index {self.path} was replaced; reloading")
         if self._conn is None:
@@ -74,6 +78,30 @@ class SnapshotWatcher:
             self._identity = identity
             self._fresh = True
         return self._conn
+
+    def _drop_confirm(self) -> None:
+        with self._confirm_lock:
+            if self._confirm_conn is not None:
+                try:
+                    self._confirm_conn.close()
+                except sqlite3.Error:
+                    pass
+                self._confirm_conn = None
+
+    def _confirm_connection(self) -> sqlite3.Connection:
+        """The connection for single-row reads (call with ``_confirm_lock`` held): one to the
+        file the snapshot was built from, never to a file renamed over it since."""
+        conn = self._confirm_conn
+        if conn is not None and conn.replaced():
+            conn.close()
+            conn = self._confirm_conn = None
+        if conn is None:
+            if self._snap_identity is not None and \
+                    _file_identity(self.path) != self._snap_identity:
+                raise IndexUnavailable(f"index {self.path} was replaced; not yet reloaded")
+            conn = self._confirm_conn = connect(self.path, readonly=True)
+            conn.execute("PRAGMA busy_timeout=50")
+        return conn
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -97,6 +125,7 @@ class SnapshotWatcher:
     def _rebuild(self, why: str) -> Snapshot:
         started = time.perf_counter()
         conn = self._connection()
+        identity = self._identity
         self._fresh = False
         now = time.time()
         conn.execute("BEGIN")  # one read transaction: a consistent view of the index
@@ -124,6 +153,8 @@ class SnapshotWatcher:
         self._conn = connect(self.path, readonly=True)
         self._data_version = reader.data_version(self._conn)
         self._publish(snap, why, time.perf_counter() - started)
+        # after the swap: until here, hits of the old snapshot are not confirmed in the new file
+        self._snap_identity = identity
         gc.collect()  # the build's garbage, left uncollected while full collections were paused
         return_freed_memory()
         return snap
@@ -224,10 +255,7 @@ class SnapshotWatcher:
         (64-bit keyed hash: a false hit is vanishingly rare, a missed block is not)."""
         with self._confirm_lock:
             try:
-                if self._confirm_conn is None:
-                    self._confirm_conn = connect(self.path, readonly=True)
-                    self._confirm_conn.execute("PRAGMA busy_timeout=50")
-                row = self._confirm_conn.execute(
+                row = self._confirm_connection().execute(
                     "SELECT value FROM indicators WHERE id=?", (indicator_id,)
                 ).fetchone()
             except (sqlite3.Error, IndexUnavailable, OSError):
@@ -240,9 +268,7 @@ class SnapshotWatcher:
         """The stored details of one indicator, or None if unavailable."""
         with self._confirm_lock:
             try:
-                if self._confirm_conn is None:
-                    self._confirm_conn = connect(self.path, readonly=True)
-                return reader.indicator(self._confirm_conn, indicator_id)
+                return reader.indicator(self._confirm_connection(), indicator_id)
             except (sqlite3.Error, IndexUnavailable, OSError):
                 self._confirm_conn = None
                 return None
@@ -273,10 +299,7 @@ class SnapshotWatcher:
 
     def close(self) -> None:
         self._drop_connection()
-        with self._confirm_lock:
-            if self._confirm_conn is not None:
-                self._confirm_conn.close()
-                self._confirm_conn = None
+        self._drop_confirm()
 
 
 def _file_identity(path: Path) -> tuple[int, int]:
