@@ -299,6 +299,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "atr_proxy.proxy.commands",    # proxy
     "atr_proxy.dns.commands",      # dns
     "atr_proxy.admin.commands",    # run
+    "atr_proxy.index.commands",    # index backup, index restore
 )
 
 
