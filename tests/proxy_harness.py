@@ -158,7 +158,8 @@ class RunningProxy:
     """``atr-proxy proxy`` (or ``mitmdump -s addons/atr_filter.py``) as a subprocess."""
 
     def __init__(self, workdir: Path, config: dict, *, extra: list[str] = (),
-                 plain_mitmdump: bool = False, expect_exit: bool = False) -> None:
+                 plain_mitmdump: bool = False, expect_exit: bool = False,
+                 preexec_fn=None) -> None:  # type: ignore[no-untyped-def]
         import yaml
 
         self.workdir = workdir
@@ -183,7 +184,7 @@ class RunningProxy:
                        "proxy", "--listen", f"127.0.0.1:{self.port}", "--", *extra]
         self._log = open(self.log_file, "wb")
         self.process = subprocess.Popen(command, cwd=workdir, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
+                                        stderr=subprocess.STDOUT, preexec_fn=preexec_fn)
         if not expect_exit:
             self._wait_listening()
 

@@ -470,3 +470,115 @@ def test_index_backup_and_restore_commands_while_the_resolver_runs(resolver, ind
     assert out.returncode != 0 and "junk.db" in out.stderr
     assert rcode(resolver, "evil3.test") == dns.rcode.NXDOMAIN
     assert sqlite3.connect(index_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# -- the proxy under the same storage faults ---------------------------------------------
+def _statuses(proxy: RunningProxy, *origins: Origin) -> list[int]:
+    return [curl(proxy, o.url()).status for o in origins]
+
+
+def test_proxy_keeps_enforcing_while_the_index_is_locked_unreadable_or_restored(
+        index_path, writer, tmp_path):
+    fill(writer, "bad", [("ip", "127.0.0.7")])
+    backup = tmp_path / "backup.db"
+    subprocess.run(atr_cli() + ["--index", str(index_path), "index", "backup", str(backup)],
+                   check=True, capture_output=True, timeout=60)
+    listed, later = Origin("127.0.0.7"), Origin("127.0.0.8")
+    proxy = RunningProxy(tmp_path / "proxy", {
+        "index": str(index_path), "proxy": {"certs": str(tmp_path / "certs")},
+        "events": {"jsonl": str(tmp_path / "events.jsonl")}})
+    blocks = 0
+
+    def statuses(*origins: Origin) -> list[int]:
+        nonlocal blocks
+        got = _statuses(proxy, *origins)
+        blocks += got.count(403)
+        return got
+
+    def expect(*want: int) -> None:
+        got = statuses(listed, later)
+        assert got == list(want), got
+
+    try:
+        expect(403, 200)
+        # locked: another writer holds the index for 2 s (events and counters must wait)
+        locker = sqlite3.connect(index_path, timeout=5, isolation_level=None)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                expect(403, 200)
+                time.sleep(0.1)
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        fill(writer, "more", [("ip", "127.0.0.8")])
+        assert wait_for(lambda: statuses(later) == [403])
+        # unreadable: garbage over the live file, then the good bytes back
+        writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        good = index_path.read_bytes()
+        with open(index_path, "r+b") as f:
+            f.write(os.urandom(len(good)))
+        for _ in range(10):
+            expect(403, 403)
+            time.sleep(0.1)
+        with open(index_path, "r+b") as f:
+            f.write(good)
+        # restored from the backup by the command: 127.0.0.8 is no longer listed
+        out = subprocess.run(atr_cli() + ["--index", str(index_path), "index", "restore",
+                                          str(backup)], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert wait_for(lambda: statuses(later) == [200]), "restore not picked up"
+        expect(403, 200)
+        # every block has its event in the JSON lines (none lost while the index was locked
+        # or unreadable), and the index is whole
+        assert wait_for(lambda: sum(e["verdict"] == "block" for e in proxy.events()) >= blocks)
+        assert sum(e["verdict"] == "block" for e in proxy.events()) == blocks
+        assert proxy.process.poll() is None
+    finally:
+        proxy.stop()
+        listed.close()
+        later.close()
+    conn = sqlite3.connect(index_path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def test_proxy_under_a_file_size_limit_keeps_enforcing_and_reports_the_failure(
+        index_path, writer, tmp_path):
+    fill(writer, "bad", [("ip", "127.0.0.7")])
+    writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(b"")
+    limit = 64 * 1024  # events.jsonl may grow to 64 kB; the index's WAL too
+    listed, allowed = Origin("127.0.0.7"), Origin("127.0.0.1")
+    proxy = RunningProxy(tmp_path / "proxy", {
+        "index": str(index_path), "proxy": {"certs": str(tmp_path / "certs")},
+        "events": {"jsonl": str(jsonl)}}, preexec_fn=_limit_file_size(limit))
+    try:
+        with httpx.Client(proxy=proxy.url, timeout=10) as client:
+            other = []
+            for i in range(400):  # ~450 bytes of JSON each: well past the limit
+                status = client.get(listed.url(f"/n{i}")).status_code
+                if status != 403:
+                    other.append((i, status))
+            assert not other, other
+            assert client.get(allowed.url("/ok")).status_code == 200
+        assert proxy.process.poll() is None
+    finally:
+        proxy.stop()
+        listed.close()
+        allowed.close()
+    log = proxy.log()
+    assert jsonl.stat().st_size <= limit
+    assert "event write failed" in log and "enforcement continues" in log, log[-2000:]
+    for line in jsonl.read_bytes().splitlines()[:-1]:  # whole lines, bar a cut last one
+        assert line.startswith(b"{") and line.endswith(b"}")
+    conn = sqlite3.connect(index_path)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 from mitmproxy.tools import cmdline, dump
 from mitmproxy.tools import main as mitmproxy_main
@@ -27,7 +27,37 @@ class AtrDumpMaster(dump.DumpMaster):
         self.addons.add(AtrFilter())
 
 
+class TolerantStream:
+    """Standard output that never raises. mitmproxy's terminal log exits the process on
+    the first failed write (mitmproxy#4669, for a closed pipe): with the log redirected to
+    a file on a full disk, that would take the proxy down with it. Enforcement matters
+    more than the log: failed writes are dropped and counted."""
+
+    def __init__(self, inner: IO[str]) -> None:
+        self.inner = inner
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        try:
+            return self.inner.write(text)
+        except OSError:
+            self.dropped += 1
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.inner.flush()
+        except OSError:
+            self.dropped += 1
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding, ...
+        return getattr(self.inner, name)
+
+
 def run(argv: Sequence[str] | None = None) -> None:
+    sys.stdout = TolerantStream(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = TolerantStream(sys.stderr)  # type: ignore[assignment]
+
     def extra(args: Any) -> dict[str, str]:  # as mitmdump's own entry point does
         if args.filter_args:
             text = " ".join(args.filter_args)
