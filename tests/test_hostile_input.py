@@ -16,6 +16,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import dns.rcode
 import pytest
 
 from atr_proxy.errors import RejectedFile
@@ -213,3 +214,44 @@ def test_each_parser_on_big_random_input_keeps_memory_bounded(fmt):
         del kept
         # the decoded text, its lines and what was kept: a small multiple of the input
         assert peak < 40 * max(len(data), 100_000), (fmt, len(data), peak)
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    s.settimeout(2)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_dns_tcp_connections_past_the_cap_and_idle_ones_are_closed_udp_unaffected(
+        running, monkeypatch):  # noqa: F811
+    """Exhausting the TCP listener: connections past the cap are closed at once, idle and
+    half-sent ones after the idle timeout (shortened here), and UDP answers throughout; once
+    they are gone a TCP query is answered again."""
+    from atr_proxy.dns import server as dns_server
+
+    monkeypatch.setattr(dns_server, "MAX_TCP_CLIENTS", 24)
+    monkeypatch.setattr(dns_server, "TCP_IDLE_SECONDS", 1.0)
+    held = []
+    try:
+        for i in range(40):
+            s = socket.create_connection(("127.0.0.1", running.port), timeout=5)
+            if i % 2:
+                s.sendall(b"\x00\x40\x12")  # a frame started, never finished (slowloris)
+            held.append(s)
+        time.sleep(0.3)
+        assert running.server.stats.tcp_connections == 24
+        assert sum(closed_by_server(s) for s in held[24:]) == 16  # past the cap: at once
+        assert running.ask("www.good.test").rcode() == dns.rcode.NOERROR  # UDP meanwhile
+        deadline = time.monotonic() + 5
+        while running.server.stats.tcp_connections and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running.server.stats.tcp_connections == 0  # the idle ones timed out
+        assert all(closed_by_server(s) for s in held[:24])
+    finally:
+        for s in held:
+            s.close()
+    still_answers(running)
