@@ -482,6 +482,40 @@ async def test_plain_top_sites_list_suppresses_a_listed_site_but_not_a_page(tmp_
                                         "evil.example": "block"}
 
 
+async def test_a_suppressed_indicator_is_never_committed_unsuppressed(tmp_path, server,
+                                                                        workers):
+    """The feed's new rows and their suppression marks are one commit, full sync and line
+    delta alike: a reader can never see a suppressed indicator as live, not even for the
+    moment between two commits (every statement the worker runs is traced)."""
+    top = tmp_path / "top.csv"
+    top.write_text("1,google.com\n2,example.org\n")
+    listed = b"".join(b"evil%d.example\n" % i for i in range(20)) + b"google.com\n"
+    url = server.add("/f.txt", Route(listed))
+    worker = new_worker(workers, make_settings(
+        tmp_path, [{"name": "f", "url": url, "format": "plain"}],
+        suppress=[{"name": "top", "path": str(top)}]))
+    statements: list[str] = []
+    worker.conn.set_trace_callback(statements.append)
+
+    def commits_between_insert_and_mark(value: str) -> int:
+        insert = next(i for i, sql in enumerate(statements)
+                      if sql.startswith("INSERT INTO indicators") and value in sql)
+        mark = next(i for i, sql in enumerate(statements)
+                    if sql.startswith("UPDATE indicators SET suppressed_by") and i > insert)
+        return sum(sql == "COMMIT" for sql in statements[insert:mark])
+
+    [first] = await worker.sync_all()
+    assert first.status == "ok" and first.mode == "full" and first.suppressed == 1
+    assert commits_between_insert_and_mark("google.com") == 0
+    statements.clear()
+    server.add("/f.txt", Route(listed + b"example.org\n"))  # a small change: a line delta
+    [second] = await worker.sync_all()
+    assert second.status == "ok" and second.mode == "delta" and second.suppressed == 2
+    assert commits_between_insert_and_mark("example.org") == 0
+    assert verdicts(worker.index_path, "www.google.com", "example.org", "evil1.example") == {
+        "www.google.com": "allow", "example.org": "allow", "evil1.example": "block"}
+
+
 # -- presets, served from loopback --------------------------------------------------------
 PRESET_SAMPLES = {
     "urlhaus": ("abusech", "urlhaus_csv_recent_2022-09-13_sample.csv"),

@@ -57,15 +57,17 @@ def ingest(
     max_shrink: float | None = None,
     keep_missing_for: float | None = None,
     now: float | None = None,
+    parsed: ParseResult | None = None,
 ) -> IngestResult:
     """Parse ``data`` and make it the feed's indicator set (one transaction).
 
     Raises :class:`RejectedFile` (the feed keeps its indicators) if the data is not a list
     at all, or would empty the feed without ``allow_empty``. With ``max_shrink`` (0..1), a
     result that would remove more than that share of the feed's indicators is held back:
-    nothing is written and ``held`` says why.
+    nothing is written and ``held`` says why. ``parsed``: ``data`` already parsed (a
+    caller that writes inside its own transaction parses before taking the write lock).
     """
-    result = parse(data, fmt, kind=spec.type, options=options, source=source)
+    result = parsed or parse(data, fmt, kind=spec.type, options=options, source=source)
     writer = IndexWriter(conn)
     feed_id = writer.upsert_feed(spec)
     if not result.indicators and not allow_empty:

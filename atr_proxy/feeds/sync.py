@@ -39,7 +39,7 @@ from ..index.writer import FeedSpec, IndexWriter, stored_value
 from ..indicators import canonical_ip, canonicalize
 from . import delta as line_delta
 from .fetch import Fetched, Fetcher, FetchError, redact_url
-from .formats import FormatOptions, parse_taxii_envelope
+from .formats import FormatOptions, parse, parse_taxii_envelope
 from .ingest import ingest
 from .mdr import mdr_feed_specs
 from .suppress import Suppressor, load_suppressor
@@ -395,8 +395,15 @@ class SyncWorker:
     def _apply_full(self, feed: FeedSettings, spec: FeedSpec, feed_id: int, fetched: Fetched,
                     fmt: str, options: FormatOptions, source: str, key: str,
                     outcome: SyncOutcome) -> None:
-        result = ingest(self.conn, spec, fetched.data, fmt=fmt, options=options, source=source,
-                        max_shrink=feed.max_shrink, keep_missing_for=feed.expire_after)
+        parsed = parse(fetched.data, fmt, kind=spec.type, options=options, source=source)
+        with transaction(self.conn):  # the new set and its suppression marks: one commit
+            result = ingest(self.conn, spec, fetched.data, fmt=fmt, options=options,
+                            source=source, max_shrink=feed.max_shrink,
+                            keep_missing_for=feed.expire_after, parsed=parsed)
+            if not result.held:
+                suppressed = self._suppress_feed(
+                    feed_id, ((i.kind, stored_value(i.kind, i.value))
+                              for i in result.parse.indicators))
         parsed = result.parse
         outcome.mode, outcome.format = "full", parsed.format
         outcome.accepted = len(parsed.indicators)
@@ -410,8 +417,7 @@ class SyncWorker:
         diff = result.diff
         outcome.status = "ok"
         outcome.added, outcome.removed, outcome.total = diff.added, diff.removed, diff.total
-        outcome.suppressed = self._suppress_feed(
-            feed_id, ((i.kind, stored_value(i.kind, i.value)) for i in parsed.indicators))
+        outcome.suppressed = suppressed
         state = line_delta.remember(parsed.format, key, fetched.data, parsed, options)
         if state is not None:
             self._lines[feed.name] = state
@@ -429,9 +435,11 @@ class SyncWorker:
             if row is not None and row[0] is None and (kind, value) not in removing:
                 duplicates += 1
         try:
-            diff = self.writer.apply_delta(
-                feed_id, change.adds, change.removes, max_shrink=feed.max_shrink,
-                keep_missing_for=feed.expire_after, default_match=feed.match)
+            with transaction(self.conn):  # the delta and its suppression marks: one commit
+                diff = self.writer.apply_delta(
+                    feed_id, change.adds, change.removes, max_shrink=feed.max_shrink,
+                    keep_missing_for=feed.expire_after, default_match=feed.match)
+                suppressed = self._suppress_feed(feed_id, adds)
         except ShrinkHeld as held:
             outcome.status, outcome.error = "held", str(held)
             outcome.total = self._count(feed_id)
@@ -450,7 +458,7 @@ class SyncWorker:
         outcome.parsed = accepted + rejected
         outcome.rejected_samples = list(new_state.samples if new_state
                                         else change.parsed_added.rejected_samples)
-        outcome.suppressed = self._suppress_feed(feed_id, adds)
+        outcome.suppressed = suppressed
 
     def _apply_incremental(self, feed: FeedSettings, feed_id: int, fetched: Fetched,
                            source: str, outcome: SyncOutcome) -> None:
@@ -459,16 +467,18 @@ class SyncWorker:
         if feed.type != "auto":
             result.indicators = [i for i in result.indicators if i.kind == feed.type]
         revoked = [(i.kind, i.value) for i in result.revoked]
-        diff = self.writer.apply_delta(feed_id, result.indicators, revoked,
-                                       keep_missing_for=feed.expire_after,
-                                       default_match=feed.match)
+        with transaction(self.conn):  # the objects and their suppression marks: one commit
+            diff = self.writer.apply_delta(feed_id, result.indicators, revoked,
+                                           keep_missing_for=feed.expire_after,
+                                           default_match=feed.match)
+            suppressed = self._suppress_feed(
+                feed_id, [(i.kind, stored_value(i.kind, i.value)) for i in result.indicators])
         outcome.status, outcome.mode, outcome.format = "ok", "incremental", "stix2"
         outcome.accepted, outcome.rejected = len(result.indicators), result.rejected
         outcome.parsed = outcome.accepted + result.rejected
         outcome.rejected_samples = list(result.rejected_samples)
         outcome.added, outcome.removed, outcome.total = diff.added, diff.removed, diff.total
-        outcome.suppressed = self._suppress_feed(
-            feed_id, [(i.kind, stored_value(i.kind, i.value)) for i in result.indicators])
+        outcome.suppressed = suppressed
 
     def _count(self, feed_id: int) -> int:
         return int(self.conn.execute("SELECT indicator_count FROM feeds WHERE id=?",

@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,7 +59,7 @@ def _record_owner(path: Path, opened: int) -> None:
     except OSError:
         pass
     try:
-        tmp = owner.with_name(f"{owner.name}.{os.getpid()}")
+        tmp = owner.with_name(f"{owner.name}.{os.getpid()}.{threading.get_ident()}")
         tmp.write_text(text)
         os.replace(tmp, owner)
     except OSError:  # a read-only directory: no guard, as before
@@ -84,21 +85,23 @@ def _guard_replaced(path: Path) -> None:
     shm = f"{path}-shm"
     fd = None
     try:
-        if f"{path}-shm" in stale:
+        try:
             fd = os.open(shm, os.O_RDWR)
-            try:  # the dead-man byte: free only when no other process has the file open
+        except FileNotFoundError:
+            pass  # nobody has the WAL open: nothing to wait for
+        else:
+            try:  # the dead-man byte: free only when no other process has the WAL open
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_DMS_BYTE)
             except OSError:
                 raise IndexUnavailable(
                     f"index {path} was replaced while in use; the old file's WAL is still held"
                     f" by another process, so the new file is not read until it lets go (use"
                     f" 'atr-proxy index restore' to replace a live index)") from None
-        for name in stale:
-            if name.endswith("-wal") or name == shm:
-                try:
-                    os.unlink(name)
-                except FileNotFoundError:
-                    pass
+        for name in stale:  # while we hold the lock: no one opens them meanwhile
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
         log.warning("index %s was replaced while in use: removed the old file's %s",
                     path, " and ".join(Path(n).name for n in stale))
     finally:
@@ -186,7 +189,19 @@ def _open(path: Path, *, readonly: bool, cache_kib: int | None) -> IndexConnecti
 @contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction: ``BEGIN IMMEDIATE`` so writers queue instead of deadlocking,
-    committed on success and rolled back on any exception."""
+    committed on success and rolled back on any exception. Inside another one it is a
+    savepoint: the steps commit together with the outer transaction (a feed's new rows and
+    their suppression marks, so that readers never see one without the other)."""
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT atr_step")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO atr_step")
+            conn.execute("RELEASE atr_step")
+            raise
+        conn.execute("RELEASE atr_step")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
