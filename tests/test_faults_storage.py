@@ -582,3 +582,23 @@ def test_proxy_under_a_file_size_limit_keeps_enforcing_and_reports_the_failure(
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
+
+
+def test_resolver_keeps_enforcing_when_the_index_is_deleted_then_reads_a_new_one(
+        resolver, index_path, writer):
+    """``rm atr-index.db`` while everything runs (its -wal and -shm stay), then a new index
+    at the same path (a sync or an import creates one): the last snapshot until then, the
+    new file after, never the deleted file's WAL read over it."""
+    enforcing(resolver, "evil1.test")
+    index_path.unlink()
+    for _ in range(10):
+        enforcing(resolver, "evil1.test")
+        time.sleep(0.1)
+    _index_with(index_path, [("domain", "evil2.test")])
+    assert wait_rcode(resolver, "evil2.test", dns.rcode.NXDOMAIN)
+    assert not resolver.ask("evil1.test").extended_errors()
+    conn = sqlite3.connect(index_path)
+    try:
+        assert {v for (v,) in conn.execute("SELECT value FROM indicators")} == {"evil2.test"}
+    finally:
+        conn.close()

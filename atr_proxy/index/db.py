@@ -153,8 +153,7 @@ def _open(path: Path, *, readonly: bool, cache_kib: int | None) -> IndexConnecti
         else:
             if path.parent and not path.parent.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
-            if path.exists():
-                _guard_replaced(path)
+            _guard_replaced(path)  # also for a new file where a deleted one's WAL is left
             conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False,
                                    factory=IndexConnection)
         conn.isolation_level = None  # explicit transactions only: see transaction()

@@ -178,6 +178,7 @@ class SnapshotWatcher:
                                 self.path, self.snapshot.generation, exc)
                 self.last_error = str(exc)
                 self._drop_connection()
+                self._drop_confirm()  # a deleted or replaced file's WAL must not stay held
                 return False
 
     def _poll(self) -> bool:
