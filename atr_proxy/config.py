@@ -200,6 +200,8 @@ class SyncSettings:
 class EventSettings:
     jsonl: str | None = "events.jsonl"
     syslog: str | None = None    # udp://host:514 or tcp://host:514
+    keep: float = 30 * 86400.0   # events older than this leave the index (0: kept forever)
+    max_rows: int = 5_000_000    # and past this many, the oldest go (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -570,11 +572,16 @@ class _Reader:
         )
 
     def events(self, value: Any) -> EventSettings:
-        d = self.mapping(value or {}, "events", {"jsonl", "syslog"})
+        d = self.mapping(value or {}, "events", {"jsonl", "syslog", "keep", "max_rows"})
         jsonl = d.get("jsonl", "events.jsonl")
+        default = EventSettings()
         return EventSettings(
             jsonl=str(self.path(jsonl, "events.jsonl")) if jsonl else None,
             syslog=self.text(d["syslog"], "events.syslog") if d.get("syslog") else None,
+            keep=0.0 if d.get("keep") in (0, "0") else parse_duration(
+                d.get("keep", default.keep), "events.keep"),
+            max_rows=int(self.number(d.get("max_rows", default.max_rows), "events.max_rows",
+                                     low=0)),
         )
 
 

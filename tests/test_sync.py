@@ -227,6 +227,33 @@ async def test_expire_after_keeps_a_dropped_indicator_for_a_while(tmp_path, serv
     assert status(worker.index_path, "e")["indicator_count"] == 1
 
 
+def test_housekeeping_prunes_events_by_age_then_by_count(tmp_path, workers):
+    """Events do not grow the index forever: older than events.keep go, then the oldest past
+    events.max_rows, in batches (the proxy and the resolver keep appending meanwhile)."""
+    from atr_proxy.events import Event, EventWriter
+
+    worker = new_worker(workers, make_settings(
+        tmp_path, [], events={"jsonl": None, "keep": "1d", "max_rows": 2500}))
+    now = time.time()
+    events = EventWriter(worker.index_path, None)
+    try:
+        events.emit([Event(f"old{i:05d}", now - 2 * 86400 - i, "dns", "dns", "block",
+                           "block", indicator="old.example") for i in range(1200)])
+        events.emit([Event(f"new{i:05d}", now - 3600 + i, "dns", "dns", "block", "block",
+                           indicator="new.example") for i in range(3000)])
+        events.flush(10)
+    finally:
+        events.close()
+    result = worker.housekeeping()
+    assert result["events"] == 1200 + 500
+    rows = worker.conn.execute("SELECT event_id FROM events ORDER BY at").fetchall()
+    assert len(rows) == 2500
+    assert rows[0][0] == "new00500" and rows[-1][0] == "new02999"  # the newest are kept
+    assert worker.housekeeping()["events"] == 0
+    forever = config.from_mapping({"events": {"keep": 0, "max_rows": 0}}, env={})
+    assert forever.events.keep == 0 and forever.events.max_rows == 0
+
+
 async def test_url_indicators_added_by_a_line_delta_are_enforced(tmp_path, server, workers):
     lines = [b"http://u%d.example/a/" % i for i in range(40)]
     server.add("/u.txt", Route(b"\n".join(lines)))

@@ -389,7 +389,8 @@ async def run_resolver(settings: DnsSettings, index_path: str | Path,
             pass
     started = time.perf_counter()
     watcher = SnapshotWatcher(index_path)
-    writer = EventWriter(index_path, events.jsonl if events else None)
+    writer = EventWriter(index_path, events.jsonl if events else None,
+                         syslog=events.syslog if events else None)
     try:
         server = DnsServer(settings, watcher, writer)
         await server.start()

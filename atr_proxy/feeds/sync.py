@@ -537,15 +537,20 @@ class SyncWorker:
         return list(await asyncio.gather(*(self.sync_feed(n) for n in selected)))
 
     def housekeeping(self) -> dict[str, Any]:
-        """Purge expired indicators and prune old change-log entries."""
+        """Purge expired indicators, prune old change-log entries and old events."""
         now = self.clock()
+        keep = self.settings.events
         with self._index():
             purged = self.writer.purge_expired(now)
             pruned = self.writer.prune_changes(now - self.settings.sync.keep_changes)
-        self.last_housekeeping = {"at": now, "purged": purged, "pruned": pruned}
-        if purged or pruned:
-            log.info("housekeeping: %d expired indicators purged, %d changes pruned",
-                     purged, pruned)
+        with self._index():
+            events = self.writer.prune_events(now - keep.keep if keep.keep > 0 else None,
+                                              keep.max_rows)
+        self.last_housekeeping = {"at": now, "purged": purged, "pruned": pruned,
+                                  "events": events}
+        if purged or pruned or events:
+            log.info("housekeeping: %d expired indicators purged, %d changes and %d events"
+                     " pruned", purged, pruned, events)
         return self.last_housekeeping
 
     async def run(self, stop: asyncio.Event) -> None:

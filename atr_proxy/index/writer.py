@@ -563,6 +563,34 @@ class IndexWriter:
             )
             return cur.rowcount
 
+    def prune_events(self, older_than: float | None, max_rows: int = 0,
+                     batch: int = 10_000) -> int:
+        """Drop events older than ``older_than`` (unix time; None: none by age), then the
+        oldest past ``max_rows`` (0: no limit). In batches, each its own transaction, so
+        that the proxy's and the resolver's event writers never wait long. Returns the
+        number dropped."""
+        dropped = 0
+        while older_than is not None:
+            with transaction(self.conn):
+                n = self.conn.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?"
+                    " ORDER BY at LIMIT ?)", (older_than, batch)).rowcount
+            dropped += n
+            if n < batch:
+                break
+        if max_rows > 0:
+            total = self.conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            while total > max_rows:
+                with transaction(self.conn):
+                    n = self.conn.execute(
+                        "DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id"
+                        " LIMIT ?)", (min(batch, total - max_rows),)).rowcount
+                if not n:
+                    break
+                dropped += n
+                total -= n
+        return dropped
+
     def _log(
         self, op: str, indicator_id: int | None = None, feed_id: int | None = None,
         kind: str | None = None, value: str | None = None, match: str | None = None,
