@@ -123,6 +123,7 @@ class EventWriter:
         self.dropped = 0
         self.failures = 0
         self.last_error: str | None = None
+        self._sink_errors: dict[str, str] = {}  # the failing sinks, with their last error
         self._queue: deque[Event] = deque()
         # checks by (source, traffic): only ever grow; the thread writes what is new since
         # _stored, so a failed write is retried and nothing is reset under a counting thread
@@ -212,8 +213,9 @@ class EventWriter:
                 raise
             self._conn.execute("COMMIT")
             self._stored = now
+            self._ok("counters table")
         except Exception as exc:  # counts stay in memory and are retried next time
-            self._fail(f"counters table: {exc}")
+            self._fail(f"counters table: {exc}", "counters table")
             self._drop_connection()
 
     def _connection(self) -> sqlite3.Connection:
@@ -248,8 +250,9 @@ class EventWriter:
                 )
                 self._conn.execute("COMMIT")
                 stored = True
+                self._ok("events table")
             except Exception as exc:  # disk full, locked, file replaced: report, go on
-                self._fail(f"events table: {exc}")
+                self._fail(f"events table: {exc}", "events table")
                 self._drop_connection()
         if self.jsonl is not None:
             try:
@@ -258,24 +261,33 @@ class EventWriter:
                 with open(self.jsonl, "a", encoding="ascii") as out:
                     out.write(text)
                 stored = True
+                self._ok(str(self.jsonl))
             except Exception as exc:
-                self._fail(f"{self.jsonl}: {exc}")
+                self._fail(f"{self.jsonl}: {exc}", str(self.jsonl))
         if self.syslog is not None:
             try:
                 self.syslog.send(items)
                 stored = True
+                self._ok("syslog")
             except Exception as exc:
-                self._fail(f"syslog {self.syslog.target}: {exc}")
+                self._fail(f"syslog {self.syslog.target}: {exc}", "syslog")
         if stored:
             self.written += len(items)
         else:
             self.dropped += len(items)
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, sink: str = "") -> None:
+        """Count a failed write; log it once per sink and error (a full disk fails every
+        batch: one line for it, not one per batch)."""
         self.failures += 1
-        if message != self.last_error:
+        if self._sink_errors.get(sink) != message:
             log.error("event write failed (enforcement continues): %s", message)
+            self._sink_errors[sink] = message
         self.last_error = message
+
+    def _ok(self, sink: str) -> None:
+        if self._sink_errors and self._sink_errors.pop(sink, None) is not None:
+            log.warning("event writing to %s works again", sink)
 
 
 class SyslogSink:

@@ -6,6 +6,7 @@ unreadable, and a file-size limit (a full disk) under the resolver's event write
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -602,3 +603,128 @@ def test_resolver_keeps_enforcing_when_the_index_is_deleted_then_reads_a_new_one
         assert {v for (v,) in conn.execute("SELECT value FROM indicators")} == {"evil2.test"}
     finally:
         conn.close()
+
+
+# -- a real full file system (a tiny tmpfs), where this machine lets us mount one -----------
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 4 MiB tmpfs: writes fail with ENOSPC, as on a full disk. Needs CAP_SYS_ADMIN (root
+    outside a locked-down container); skipped otherwise."""
+    mount = shutil.which("mount")
+    target = tmp_path / "tiny"
+    target.mkdir()
+    if mount is None or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run([mount, "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(target)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def _fill_up(folder: Path, leave: int = 0) -> Path:
+    """Take every free byte of the file system but ``leave``; returns the filler."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def test_resolver_on_a_full_file_system_keeps_enforcing_then_writes_again(tiny_fs, tmp_path):
+    """ENOSPC, not a size limit: the index and events.jsonl on a tmpfs that fills up under a
+    flood of blocked names. Every query is answered; the failure is reported; once space is
+    freed the events flow again; the index stays whole."""
+    index = tiny_fs / "index.db"
+    writer = IndexWriter(connect(index))
+    fill(writer, "bad", [("domain", "evil1.test")])
+    writer.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    writer.conn.close()
+    jsonl = tiny_fs / "events.jsonl"
+    with Authority("www.good.test. 300 IN A 192.0.2.1\n") as auth:
+        config = tmp_path / "atr.yaml"
+        config.write_text(yaml.safe_dump({
+            "index": str(index), "dns": {"upstreams": [f"127.0.0.1:{auth.port}"]},
+            "events": {"jsonl": str(jsonl)}}))
+        log = open(tmp_path / "dns.log", "w")  # not a pipe nobody reads while it runs
+        proc = subprocess.Popen(
+            atr_cli() + ["--config", str(config), "dns", "--listen", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path)
+        try:
+            port = int(re.search(r"udp\+tcp 127\.0\.0\.1:(\d+)",
+                                 proc.stdout.readline()).group(1))
+            assert "enforcing 1 indicators" in proc.stdout.readline()
+            r = ResolverThread.__new__(ResolverThread)
+            r.port = port
+            filler = _fill_up(tiny_fs)
+            other = []
+            for i in range(1000):  # new names: each one an event for a full disk
+                reply = r.ask(f"n{i}.evil1.test", timeout=3)
+                if reply.rcode() != dns.rcode.NXDOMAIN:
+                    other.append((i, dns.rcode.to_text(reply.rcode())))
+            assert not other, other
+            assert r.ask("www.good.test").rcode() == dns.rcode.NOERROR
+            time.sleep(0.5)  # the writer's last attempts
+            lines_full = len(jsonl.read_bytes().splitlines()) if jsonl.exists() else 0
+            filler.unlink()  # room again: the next events are written
+            for i in range(20):
+                assert r.ask(f"after{i}.evil1.test", timeout=3).rcode() == dns.rcode.NXDOMAIN
+            assert wait_for(lambda: b"after19.evil1.test" in jsonl.read_bytes())
+            assert proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+            log.close()
+    err = (tmp_path / "dns.log").read_text()
+    assert "No space left on device" in err and "database or disk is full" in err, err[-2000:]
+    # reported once per sink and error, not once per failed batch; and the recovery too
+    assert err.count("event write failed") <= 6, err[-3000:]
+    assert "event writing to" in err and "works again" in err, err[-2000:]
+    lines = jsonl.read_bytes().splitlines()
+    assert lines_full < 1000  # the full disk cost events (counted, reported), not answers
+    events = []
+    for line in lines:  # a full disk may cut a line; the lines around it stay readable
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            assert not line.endswith(b"}"), line
+    assert [e["dest_host"] for e in events[-20:]] == [f"after{i}.evil1.test" for i in range(20)]
+    conn = sqlite3.connect(index)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        names = {n for (n,) in conn.execute("SELECT dest_host FROM events")}
+        assert "after19.evil1.test" in names  # the index took events again too
+    finally:
+        conn.close()
+
+
+def test_sync_on_a_full_file_system_fails_reports_and_keeps_the_old_set(tiny_fs, tmp_path):
+    index = tiny_fs / "index.db"
+    feed = tmp_path / "feed.txt"
+    feed.write_text("".join(f"old{i}.example\n" for i in range(100)))
+    config = tmp_path / "atr.yaml"
+    config.write_text(yaml.safe_dump({"index": str(index), "events": {"jsonl": None},
+                                      "feeds": [{"name": "f", "url": f"file://{feed}",
+                                                 "format": "plain", "max_shrink": 1.0}]}))
+    cli = atr_cli() + ["--config", str(config)]
+    subprocess.run(cli + ["sync", "--once"], check=True, capture_output=True, timeout=60)
+    before = feed_values(index, "f")
+    feed.write_text("".join(f"new{i}.example\n" for i in range(SIZE)))
+    filler = _fill_up(tiny_fs, leave=256 * 1024)  # far less than 30,000 new rows need
+    out = subprocess.run(cli + ["sync", "--once", "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0
+    reported = out.stdout + out.stderr
+    assert "full" in reported, reported[-2000:]
+    assert feed_values(index, "f") == before  # and PRAGMA integrity_check is ok
+    filler.unlink()  # room again: the same sync succeeds
+    subprocess.run(cli + ["sync", "--once"], check=True, capture_output=True, timeout=120)
+    assert len(feed_values(index, "f")) == SIZE
