@@ -440,6 +440,57 @@ async def test_the_schedule_runs_feeds_again_and_bounds_concurrency(tmp_path, se
     assert worker.last_housekeeping  # the timer ran
 
 
+async def test_a_feed_keeps_its_schedule_when_the_index_itself_fails(tmp_path, server,
+                                                                     workers):
+    """Not the feed but the index fails: it is renamed over while an outside process holds
+    the old file, so the worker may not open the new one (the status cannot even be
+    recorded). The feed's loop used to end there, for good; it now retries, and syncs into
+    the new file once the holder lets go."""
+    import os
+    import subprocess
+    import sys
+
+    url = server.add("/k.txt", Route(b"kept.example\n", etag=False))
+    settings = make_settings(tmp_path, [{"name": "k", "url": url, "interval": "0.3s"}],
+                             sync={"jitter": 0.1})
+    worker = new_worker(workers, settings)
+    [first] = await worker.sync_all()
+    assert first.status == "ok"
+    index = worker.index_path
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+         f"c = sqlite3.connect({str(index)!r})\n"
+         "c.execute('SELECT COUNT(*) FROM indicators').fetchall()\n"
+         "print('holding', flush=True)\nsys.stdin.read()\nc.close()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    stop = asyncio.Event()
+    task = None
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        other = tmp_path / "other.db"
+        conn = connect(other)
+        conn.close()
+        os.replace(other, index)
+        task = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(1.5)  # several attempts, each failing on the index
+        assert not task.done()
+        holder.communicate("", timeout=10)
+        def synced() -> bool:
+            rows = feed_status(connect(index), "k")
+            return bool(rows) and rows[0]["indicator_count"] == 1
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not synced():
+            await asyncio.sleep(0.1)
+        assert synced()  # the config went into the new file, and the feed synced into it
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        stop.set()
+        if task is not None:
+            await asyncio.wait_for(task, 5)
+
+
 async def test_errors_are_retried_sooner_than_the_interval(tmp_path, server, workers):
     url = server.add("/bad.txt", Route(b"x", status=503))
     worker = new_worker(workers, make_settings(tmp_path, [{"name": "b", "url": url,

@@ -49,6 +49,7 @@ log = logging.getLogger("atr_proxy.feeds")
 ERROR_RETRY = 60.0        # first retry after a failed sync (doubles, capped by the interval)
 START_SPREAD = 5.0        # feeds due at start are spread over up to this many seconds
 CONFIG_EXCEPTIONS_KEY = "config_exceptions"
+INDEX_RETRY = 30.0  # seconds before a feed tries again when the index itself failed
 
 
 @dataclass
@@ -163,6 +164,9 @@ class SyncWorker:
                 log.warning("index %s was replaced; opening the new file", self.index_path)
                 self.conn.close()
                 self._open()
+                self.prepared = False  # the config's feeds and exceptions go in again
+                self._lines.clear()    # line deltas were against the old file's rows
+                self._digests.clear()
             yield
 
     def close(self) -> None:
@@ -569,14 +573,24 @@ class SyncWorker:
 
     async def _feed_loop(self, name: str, stop: asyncio.Event) -> None:
         feed = self.feeds[name]
-        row = await asyncio.to_thread(self._schedule_row, name)
+        try:
+            row = await asyncio.to_thread(self._schedule_row, name)
+        except Exception as exc:  # the index unavailable at start: sync soon, and retry
+            log.warning("feed %s: cannot read its schedule: %s", name, exc)
+            row = None
         now = self.clock()
         if row and row[0] and row[1] and row[1] > now:  # synced before and not due yet
             delay = min(row[1] - now, feed.interval)
         else:
             delay = self.rng.uniform(0, min(START_SPREAD, feed.interval * self.settings.sync.jitter))
         while not await _wait(stop, delay):
-            outcome = await self.sync_feed(name)
+            try:
+                outcome = await self.sync_feed(name)
+            except Exception as exc:  # the index itself failed (full, replaced, locked)
+                delay = min(feed.interval, INDEX_RETRY)
+                log.warning("feed %s: sync failed, trying again in %.0f s: %s", name, delay,
+                            exc)
+                continue  # this feed's loop must not end: nothing would restart it
             delay = max(0.0, (outcome.next_run or self.clock() + feed.interval) - self.clock())
 
     def _schedule_row(self, name: str) -> tuple | None:
@@ -588,7 +602,7 @@ class SyncWorker:
         while not await _wait(stop, self.settings.sync.housekeeping):
             try:
                 await asyncio.to_thread(self.housekeeping)
-            except (sqlite3.Error, AtrError) as exc:
+            except Exception as exc:  # the loop must go on: the next round may work
                 log.warning("housekeeping failed: %s", exc)
 
 
