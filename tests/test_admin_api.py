@@ -256,3 +256,36 @@ def test_without_a_configured_token_the_worker_makes_one_only_its_owner_can_read
     assert admin_token(config.from_mapping({}), index) == ("from-env", "ATR_ADMIN_TOKEN")
     configured = config.from_mapping({"admin": {"token": "${T}"}}, env={"T": "from-file"})
     assert admin_token(configured, index) == ("from-file", "admin.token")
+
+
+def test_an_unavailable_index_is_a_503_then_the_api_carries_on(api, tmp_path):
+    """The index renamed over while an outside process holds the old file: a push is
+    answered 503 (the caller may retry; not a 400, it was not the caller's fault); once the
+    holder lets go, the push lands in the new file."""
+    import os
+    import subprocess
+    import sys
+
+    assert api.get("/api/v1/feeds").status_code == 200
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+         f"c = sqlite3.connect({str(api.index)!r})\n"
+         "c.execute('SELECT COUNT(*) FROM indicators').fetchall()\n"
+         "print('holding', flush=True)\nsys.stdin.read()\nc.close()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        other = tmp_path / "other.db"
+        connect(other).close()
+        os.replace(other, api.index)
+        push = [{"type": "domain", "value": "held-push.example"}]
+        r = api.post("/api/v1/mdr/indicators", json=push)
+        assert r.status_code == 503 and "unavailable" in r.json()["error"], r.text
+        assert api.get("/api/v1/feeds").status_code == 503
+    finally:
+        holder.communicate("", timeout=10)
+    r = api.post("/api/v1/mdr/indicators", json=push)
+    assert r.status_code == 201, r.text
+    conn = connect(api.index)
+    assert conn.execute("SELECT value FROM indicators").fetchall() == [("held-push.example",)]
+    conn.close()

@@ -47,7 +47,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..config import Settings
-from ..errors import AtrError
+from ..errors import AtrError, IndexUnavailable
 from ..index.db import connect
 
 log = logging.getLogger("atr_proxy.admin")
@@ -294,6 +294,9 @@ def _handled(fn: Callable[[Request], Any]) -> Callable[[Request], Any]:
             return await fn(request)
         except _BadRequest as exc:
             return _error(exc.status, exc.message)
+        except IndexUnavailable as exc:  # not the request's fault: say so, and when to retry
+            log.error("admin API: %s", exc)
+            return _error(503, f"the index is unavailable: {exc}; try again")
         except AtrError as exc:
             return _error(400, str(exc))
         except sqlite3.Error as exc:
