@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,20 @@ def fill(writer: IndexWriter, name: str, items: list[tuple], **spec) -> int:
 def atr_cli() -> list[str]:
     """The installed console command, run as a real subprocess by CLI tests."""
     return [sys.executable, "-m", "atr_proxy.cli"]
+
+
+@contextmanager
+def outside_holder(index: Path) -> Iterator[subprocess.Popen]:
+    """Another process (as an operator's ``sqlite3`` shell would) with the index open and
+    read once, until the block ends."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+         f"c = sqlite3.connect({str(index)!r})\n"
+         "c.execute('SELECT COUNT(*) FROM indicators').fetchall()\n"
+         "print('holding', flush=True)\nsys.stdin.read()\nc.close()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        yield holder
+    finally:
+        holder.communicate("", timeout=10)

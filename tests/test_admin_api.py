@@ -263,27 +263,18 @@ def test_an_unavailable_index_is_a_503_then_the_api_carries_on(api, tmp_path):
     answered 503 (the caller may retry; not a 400, it was not the caller's fault); once the
     holder lets go, the push lands in the new file."""
     import os
-    import subprocess
-    import sys
+
+    from .conftest import outside_holder
 
     assert api.get("/api/v1/feeds").status_code == 200
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys\n"
-         f"c = sqlite3.connect({str(api.index)!r})\n"
-         "c.execute('SELECT COUNT(*) FROM indicators').fetchall()\n"
-         "print('holding', flush=True)\nsys.stdin.read()\nc.close()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "holding"
+    push = [{"type": "domain", "value": "held-push.example"}]
+    with outside_holder(api.index):
         other = tmp_path / "other.db"
         connect(other).close()
         os.replace(other, api.index)
-        push = [{"type": "domain", "value": "held-push.example"}]
         r = api.post("/api/v1/mdr/indicators", json=push)
         assert r.status_code == 503 and "unavailable" in r.json()["error"], r.text
         assert api.get("/api/v1/feeds").status_code == 503
-    finally:
-        holder.communicate("", timeout=10)
     r = api.post("/api/v1/mdr/indicators", json=push)
     assert r.status_code == 201, r.text
     conn = connect(api.index)

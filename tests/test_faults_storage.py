@@ -15,7 +15,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import yaml
 
 from atr_proxy.index import IndexWriter, connect
 
-from .conftest import atr_cli, fill
+from .conftest import atr_cli, fill, outside_holder
 from .dns_authority import Authority
 from .dns_harness import ResolverThread
 from .proxy_harness import Origin, RunningProxy, curl, free_port
@@ -407,14 +406,7 @@ def test_while_another_process_holds_the_replaced_file_the_last_snapshot_stays(
     snapshot, says why, and reads the new file once the holder lets go."""
     new = tmp_path / "new.db"
     _index_with(new, [("domain", "evil2.test")])
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys\n"
-         f"c = sqlite3.connect({str(index_path)!r})\n"
-         "c.execute('SELECT COUNT(*) FROM indicators').fetchall()\n"
-         "print('holding', flush=True)\nsys.stdin.read()\nc.close()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "holding"
+    with outside_holder(index_path):
         enforcing(resolver, "evil1.test")
         os.replace(new, index_path)
         for _ in range(15):  # 1.5 s: the old snapshot, not the new file read through the WAL
@@ -422,8 +414,6 @@ def test_while_another_process_holds_the_replaced_file_the_last_snapshot_stays(
             assert rcode(resolver, "evil2.test") == dns.rcode.NOERROR
             time.sleep(0.1)
         assert "still held" in (resolver.watcher.last_error or ""), resolver.watcher.last_error
-    finally:
-        holder.communicate("", timeout=10)
     assert wait_rcode(resolver, "evil2.test", dns.rcode.NXDOMAIN)
     assert not resolver.ask("evil1.test").extended_errors()  # the upstream's answer now
 

@@ -447,8 +447,8 @@ async def test_a_feed_keeps_its_schedule_when_the_index_itself_fails(tmp_path, s
     recorded). The feed's loop used to end there, for good; it now retries, and syncs into
     the new file once the holder lets go."""
     import os
-    import subprocess
-    import sys
+
+    from .conftest import outside_holder
 
     url = server.add("/k.txt", Route(b"kept.example\n", etag=False))
     settings = make_settings(tmp_path, [{"name": "k", "url": url, "interval": "0.3s"}],
@@ -457,24 +457,17 @@ async def test_a_feed_keeps_its_schedule_when_the_index_itself_fails(tmp_path, s
     [first] = await worker.sync_all()
     assert first.status == "ok"
     index = worker.index_path
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sqlite3, sys\n"
-         f"c = sqlite3.connect({str(index)!r})\n"
-         "c.execute('SELECT COUNT(*) FROM indicators').fetchall()\n"
-         "print('holding', flush=True)\nsys.stdin.read()\nc.close()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     stop = asyncio.Event()
     task = None
     try:
-        assert holder.stdout.readline().strip() == "holding"
-        other = tmp_path / "other.db"
-        conn = connect(other)
-        conn.close()
-        os.replace(other, index)
-        task = asyncio.create_task(worker.run(stop))
-        await asyncio.sleep(1.5)  # several attempts, each failing on the index
-        assert not task.done()
-        holder.communicate("", timeout=10)
+        with outside_holder(index):
+            other = tmp_path / "other.db"
+            connect(other).close()
+            os.replace(other, index)
+            task = asyncio.create_task(worker.run(stop))
+            await asyncio.sleep(1.5)  # several attempts, each failing on the index
+            assert not task.done()
+
         def synced() -> bool:
             rows = feed_status(connect(index), "k")
             return bool(rows) and rows[0]["indicator_count"] == 1
@@ -484,8 +477,6 @@ async def test_a_feed_keeps_its_schedule_when_the_index_itself_fails(tmp_path, s
             await asyncio.sleep(0.1)
         assert synced()  # the config went into the new file, and the feed synced into it
     finally:
-        if holder.poll() is None:
-            holder.kill()
         stop.set()
         if task is not None:
             await asyncio.wait_for(task, 5)
