@@ -133,3 +133,28 @@ def test_chunked_columns_give_the_same_rows_as_the_row_query(index_path, writer)
         chunked += zip(ids, feeds, map(int, codes), values, hosts, strict=True)
     assert sorted((i, f, c, v, h or None) for i, f, c, v, h in chunked) == rows
     assert {h for _, _, c, _, h in rows if c == 2} == {f"h{i}.example" for i in range(9)}
+
+
+def test_confirmations_are_read_once_per_snapshot_and_forgotten_at_the_next(index_path,
+                                                                            writer):
+    """A flood of names under one listed domain (tunnelling, DGA) asks SQLite once, not once
+    per name; and a confirmed value is forgotten when the next snapshot is published, since
+    SQLite may give a deleted row's id to the next new row."""
+    feed = fill(writer, "f", [("domain", "tunnel.example")])
+    watcher = SnapshotWatcher(index_path)
+    watcher.load()
+    assert names(watcher.snapshot, "x0.tunnel.example") == ["f"]
+    reads: list[str] = []
+    watcher._confirm_conn.set_trace_callback(reads.append)
+    for i in range(1, 200):
+        assert names(watcher.snapshot, f"x{i}.tunnel.example") == ["f"]
+    assert not [r for r in reads if r.startswith("SELECT")]
+    # the row goes, and a new one takes its id with another value
+    (ident,) = writer.conn.execute("SELECT id FROM indicators").fetchone()
+    writer.remove_indicator(ident)
+    new = writer.add_indicator(feed, "domain", "other.example")
+    assert new == ident  # SQLite reused the id
+    assert watcher.poll() is True
+    assert names(watcher.snapshot, "x1.tunnel.example") == []
+    assert names(watcher.snapshot, "www.other.example") == ["f"]
+    watcher.close()

@@ -29,6 +29,7 @@ from .db import connect
 log = logging.getLogger("atr_proxy.index")
 
 MAX_DELTA = 50_000
+MAX_CONFIRMED = 65_536  # confirmed indicator values kept per snapshot
 POLL_INTERVAL = 0.25
 
 
@@ -56,6 +57,7 @@ class SnapshotWatcher:
         self._conn: sqlite3.Connection | None = None
         self._confirm_conn: sqlite3.Connection | None = None
         self._confirm_lock = threading.Lock()
+        self._confirmed: dict[int, str] = {}  # indicator id -> its value, this snapshot
         self._poll_lock = threading.Lock()
         self._data_version: int | None = None
         self._expiry_checked = 0.0
@@ -91,10 +93,7 @@ class SnapshotWatcher:
     def _confirm_connection(self) -> sqlite3.Connection:
         """The connection for single-row reads (call with ``_confirm_lock`` held): one to the
         file the snapshot was built from, never to a file renamed over it since."""
-        conn = self._confirm_conn
-        if conn is not None and conn.replaced():
-            conn.close()
-            conn = self._confirm_conn = None
+        conn = self._confirm_conn  # dropped by poll() when the file is replaced or gone
         if conn is None:
             if self._snap_identity is not None and \
                     _file_identity(self.path) != self._snap_identity:
@@ -238,6 +237,7 @@ class SnapshotWatcher:
     def _publish(self, snap: Snapshot, why: str, seconds: float) -> None:
         old = self.snapshot
         self.snapshot = snap  # the one assignment readers see
+        self._confirmed = {}  # an id may name another row now (SQLite reuses the last id)
         self.loaded = True
         self.last_error = None
         self.last_reload_seconds = seconds
@@ -253,7 +253,12 @@ class SnapshotWatcher:
     # -- hits --------------------------------------------------------------------------
     def _confirm(self, indicator_id: int, value: str) -> bool:
         """Exact confirmation of a hash hit. If the index cannot answer, trust the hash
-        (64-bit keyed hash: a false hit is vanishingly rare, a missed block is not)."""
+        (64-bit keyed hash: a false hit is vanishingly rare, a missed block is not). The
+        values read are kept until the next snapshot (a flood of names under one listed
+        domain asks SQLite once, not once per name)."""
+        known = self._confirmed.get(indicator_id)
+        if known is not None:
+            return known == value
         with self._confirm_lock:
             try:
                 row = self._confirm_connection().execute(
@@ -263,7 +268,11 @@ class SnapshotWatcher:
                 self._confirm_conn = None
                 return True
         # a row deleted since the snapshot was built no longer counts
-        return row is not None and row[0] == value
+        if row is None:
+            return False
+        if len(self._confirmed) < MAX_CONFIRMED:
+            self._confirmed[indicator_id] = row[0]
+        return row[0] == value
 
     def details(self, indicator_id: int) -> dict | None:
         """The stored details of one indicator, or None if unavailable."""
