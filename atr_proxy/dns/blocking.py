@@ -140,14 +140,18 @@ class IndexGate(Link):
         return await self.next.resolve(request)
 
 
-class ClientIndicator(Link):
-    """The client's own address against IP indicators (a known-bad host on the LAN)."""
+class EnforcingLink(Link):
+    """A link that sinkholes what its verdict blocks (and records every hit)."""
 
     def __init__(self, sinkhole: Sinkhole, fold: EventFold,
                  next: Link | None = None) -> None:
         super().__init__(next)
         self.sinkhole = sinkhole
         self.fold = fold
+
+
+class ClientIndicator(EnforcingLink):
+    """The client's own address against IP indicators (a known-bad host on the LAN)."""
 
     async def resolve(self, request: Request) -> Reply:
         snap = request.snap
@@ -162,7 +166,7 @@ class ClientIndicator(Link):
         return await self.next.resolve(request)
 
 
-class NamePolicy(Link):
+class NamePolicy(EnforcingLink):
     """The query name against domain indicators (the name itself and its parents).
 
     What the snapshot says of a name (its hits, or none) is remembered for as long as
@@ -172,9 +176,7 @@ class NamePolicy(Link):
 
     def __init__(self, sinkhole: Sinkhole, fold: EventFold,
                  next: Link | None = None) -> None:
-        super().__init__(next)
-        self.sinkhole = sinkhole
-        self.fold = fold
+        super().__init__(sinkhole, fold, next)
         self._memo: dict[str, list[Hit] | tuple[()]] = {}
         self._memo_snap = None
 
@@ -198,17 +200,11 @@ class NamePolicy(Link):
         return await self.next.resolve(request)
 
 
-class AnswerInspection(Link):
+class AnswerInspection(EnforcingLink):
     """Every name in the answer's CNAME/DNAME chain and every HTTPS/SVCB target against
     domain indicators; every A/AAAA address and HTTPS/SVCB ipv4hint/ipv6hint against IP
     indicators. Runs on fresh and cached answers alike; a cached answer found clean under
     the current snapshot is not looked at again until the snapshot changes."""
-
-    def __init__(self, sinkhole: Sinkhole, fold: EventFold,
-                 next: Link | None = None) -> None:
-        super().__init__(next)
-        self.sinkhole = sinkhole
-        self.fold = fold
 
     async def resolve(self, request: Request) -> Reply:
         reply = await self.next.resolve(request)

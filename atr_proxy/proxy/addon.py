@@ -246,6 +246,39 @@ def _refuse_client(gate: Gate, client: connection.Client) -> None:
     client.error = FAILED_CLOSED
 
 
+class FlowGate(Gate):
+    """A gate that decides a flow on names, then on the host's addresses: the CONNECT and
+    the request gates. Each says how it answers (``_answer``) and resolves."""
+
+    def _judge(self, flow: http.HTTPFlow, client: str | None, host: str | None,
+               names: list[Name]) -> Coroutine[Any, Any, None] | None:
+        """Answer now if the names and the known addresses decide it; else resolve the host
+        first (a coroutine for mitmproxy to await). A literal is checked as the host and
+        mitm.it is answered by mitmproxy itself: neither is resolved; nor is a blocked name."""
+        enforcer = self.owner.enforcer
+        if host is None or ip_to_int(host) is not None or host == self.owner.onboarding_host:
+            self._answer(flow, enforcer.judge(client, names), client, host, ())
+            return None
+        addresses = self.owner.addresses.get(host)
+        if addresses is not None:
+            self._answer(flow, enforcer.judge(client, names, addresses), client, host,
+                         addresses)
+            return None
+        verdict = enforcer.judge(client, names)
+        if verdict.blocked:
+            self._answer(flow, verdict, client, host, ())
+            return None
+        return self._resolve_then_answer(flow, client, host, names)
+
+    async def _resolve_then_answer(self, flow: http.HTTPFlow, client: str | None, host: str,
+                                   names: list[Name]) -> None:
+        raise NotImplementedError
+
+    def _answer(self, flow: http.HTTPFlow, verdict: Verdict, client: str | None,
+                host: str | None, addresses: list[str] | tuple[()]) -> None:
+        raise NotImplementedError
+
+
 class ClientGate(Gate):
     """Who may use the proxy, and listed client addresses; before anything is read."""
 
@@ -279,7 +312,7 @@ def _refuse_flow(gate: Gate, flow: http.HTTPFlow) -> None:
     flow.response = gate.owner.block_response(event, flow)
 
 
-class ConnectGate(Gate):
+class ConnectGate(FlowGate):
     """The CONNECT target and its addresses: refused with a 403 before any upstream
     connection is opened."""
 
@@ -291,20 +324,7 @@ class ConnectGate(Gate):
         host = canonical_host(flow.request.host)
         enforcer.tunnel(flow.client_conn.id).connect_host = host
         names: list[Name] = [(host, "host", None)] if host else []
-        # a literal is checked as the host; mitm.it is answered by mitmproxy itself
-        if host is None or ip_to_int(host) is not None or host == self.owner.onboarding_host:
-            self._answer(flow, enforcer.judge(client, names), client, host, ())
-            return None
-        addresses = self.owner.addresses.get(host)
-        if addresses is not None:
-            self._answer(flow, enforcer.judge(client, names, addresses), client, host,
-                         addresses)
-            return None
-        verdict = enforcer.judge(client, names)
-        if verdict.blocked:  # a blocked name is not even resolved
-            self._answer(flow, verdict, client, host, ())
-            return None
-        return self._resolve_then_answer(flow, client, host, names)
+        return self._judge(flow, client, host, names)
 
     async def _resolve_then_answer(self, flow: http.HTTPFlow, client: str | None, host: str,
                                    names: list[Name]) -> None:
@@ -369,7 +389,7 @@ class TlsGate(Gate):
 
 
 # -- HTTP requests ----------------------------------------------------------------------
-class RequestGate(Gate):
+class RequestGate(FlowGate):
     """Plain HTTP and decrypted HTTPS: every name, the full URL and the addresses; a
     block is answered with the block page and nothing is sent upstream."""
 
@@ -399,19 +419,7 @@ class RequestGate(Gate):
         sni = canonical_host(flow.client_conn.sni)
         if sni and all(sni != n[0] for n in names):
             names.append((sni, "sni", None))
-        if host is None or ip_to_int(host) is not None or host == self.owner.onboarding_host:
-            self._answer(flow, enforcer.judge(client, names), client, host, ())
-            return None
-        addresses = self.owner.addresses.get(host)
-        if addresses is not None:
-            self._answer(flow, enforcer.judge(client, names, addresses), client, host,
-                         addresses)
-            return None
-        verdict = enforcer.judge(client, names)
-        if verdict.blocked:
-            self._answer(flow, verdict, client, host, ())
-            return None
-        return self._resolve_then_answer(flow, client, host, names)
+        return self._judge(flow, client, host, names)
 
     async def _resolve_then_answer(self, flow: http.HTTPFlow, client: str | None, host: str,
                                    names: list[Name]) -> None:
