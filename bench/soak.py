@@ -17,7 +17,6 @@ import os
 import random
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from atr_proxy.index import FeedSpec, IndexWriter, connect  # noqa: E402
 from tests.dns_authority import Authority  # noqa: E402
+from tests.dns_harness import RunningResolver  # noqa: E402
 from tests.proxy_harness import Origin, RunningProxy  # noqa: E402
 
 WINDOW = 10.0
@@ -169,21 +169,14 @@ def main() -> int:
     for i in range(BASE):
         writer.add_indicator(base, "domain", f"b{i}.soak-bad.test")
     churn = writer.upsert_feed(FeedSpec(name="churn", module="third_party", action="block"))
-    cli = [sys.executable, "-m", "atr_proxy.cli", "--index", str(index)]
-    procs: list[subprocess.Popen] = []
     origin = Origin("127.0.0.1")
-    proxy = None
+    proxy = resolver = None
     ok = True
     try:
         with Authority("www.good.test. 300 IN A 192.0.2.1\n") as auth:
-            dns_proc = subprocess.Popen(
-                cli + ["dns", "--listen", "127.0.0.1:0", "--upstream",
-                       f"127.0.0.1:{auth.port}"],
-                stdout=subprocess.PIPE, stderr=open(work / "dns.log", "w"), text=True)
-            procs.append(dns_proc)
-            port = int(dns_proc.stdout.readline().split("udp+tcp 127.0.0.1:")[1]
-                       .split()[0].strip(",;"))
-            dns_proc.stdout.readline()  # "enforcing N indicators"
+            resolver = RunningResolver(["--index", str(index)], work / "dns.log",
+                                       dns_args=["--upstream", f"127.0.0.1:{auth.port}"])
+            port, dns_proc = resolver.port, resolver.process
             proxy = RunningProxy(work / "proxy", {
                 "index": str(index), "proxy": {"certs": str(work / "certs")},
                 "events": {"jsonl": str(work / "events.jsonl")}})
@@ -253,12 +246,8 @@ def main() -> int:
     finally:
         if proxy is not None:
             proxy.stop()
-        for p in procs:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if resolver is not None:
+            resolver.stop()
         origin.close()
         writer.conn.close()
     if len(rows) < 3:

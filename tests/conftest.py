@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -63,3 +64,13 @@ def outside_holder(index: Path) -> Iterator[subprocess.Popen]:
         yield holder
     finally:
         holder.communicate("", timeout=10)
+
+
+def wait_for(check: Callable[[], object], seconds: float = 10.0) -> bool:
+    """Poll ``check`` every 0.05 s until it is true (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import re
+import subprocess
+import sys
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dns.message
@@ -80,13 +85,8 @@ class ResolverThread:
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
     # -- asking --------------------------------------------------------------------------
-    def ask(self, name: str, qtype: str = "A", *, edns: bool = True, tcp: bool = False,
-            source: str | None = None, timeout: float = 3.0) -> dns.message.Message:
-        q = dns.message.make_query(name, qtype, use_edns=0 if edns else False)
-        if tcp:
-            return dns.query.tcp(q, "127.0.0.1", port=self.port, timeout=timeout,
-                                 source=source)
-        return dns.query.udp(q, "127.0.0.1", port=self.port, timeout=timeout, source=source)
+    def ask(self, name: str, qtype: str = "A", **how: object) -> dns.message.Message:
+        return ask(self.port, name, qtype, **how)
 
     def events_written(self, **filters: str) -> list[dict]:
         self.events.flush(5)
@@ -95,3 +95,62 @@ class ResolverThread:
             return recent(conn, newest_first=False, **filters)
         finally:
             conn.close()
+
+
+def ask(port: int, name: str, qtype: str = "A", *, edns: bool = True, tcp: bool = False,
+        source: str | None = None, timeout: float = 3.0) -> dns.message.Message:
+    """One query to a resolver on 127.0.0.1:``port``, over UDP or TCP."""
+    q = dns.message.make_query(name, qtype, use_edns=0 if edns else False)
+    if tcp:
+        return dns.query.tcp(q, "127.0.0.1", port=port, timeout=timeout, source=source)
+    return dns.query.udp(q, "127.0.0.1", port=port, timeout=timeout, source=source)
+
+
+class RunningResolver:
+    """``atr-proxy [global args] dns --listen 127.0.0.1:0 [dns args]`` as a real process:
+    started, its port read from its first line, its index loaded (``ready``: the second
+    line). Its log goes to a file, never to a pipe that nobody reads while it runs (a
+    resolver logging a full disk would block on it)."""
+
+    def __init__(self, global_args: Sequence[str], log: Path, *, dns_args: Sequence[str] = (),
+                 cwd: Path | None = None, env: dict[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
+        self.log_file = log
+        self._log = open(log, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "atr_proxy.cli", *global_args, "dns", "--listen",
+             "127.0.0.1:0", *dns_args], stdout=subprocess.PIPE, stderr=self._log, text=True,
+            cwd=cwd, env=env if env is not None else os.environ.copy(),
+            preexec_fn=preexec_fn)
+        first = self.process.stdout.readline()
+        match = re.search(r"udp\+tcp 127\.0\.0\.1:(\d+)", first)
+        if not match:
+            self.stop()
+            raise AssertionError(f"atr-proxy dns did not start: {first!r} {self.log()}")
+        self.port = int(match.group(1))
+        self.ready = self.process.stdout.readline()  # "enforcing N indicators ..."
+
+    def ask(self, name: str, qtype: str = "A", **how: object) -> dns.message.Message:
+        return ask(self.port, name, qtype, **how)
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace")
+
+    def stop(self) -> str:
+        """Stop it (SIGTERM, then SIGKILL after 10 s); returns its log."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process.stdout.close()
+        self._log.close()
+        return self.log()
+
+    def __enter__(self) -> RunningResolver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -16,6 +17,8 @@ from atr_proxy.admin.api import AdminServer, create_app
 from atr_proxy.events import EventWriter
 from atr_proxy.feeds.sync import SyncWorker
 from atr_proxy.index import connect
+
+from .conftest import outside_holder, wait_for
 
 TOKEN = "test-token-1234"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -76,15 +79,6 @@ def api(tmp_path: Path):
             yield client
     events.close()
     worker.close()
-
-
-def wait_for(check, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_health_needs_no_token_but_everything_else_does(api):
@@ -262,10 +256,6 @@ def test_an_unavailable_index_is_a_503_then_the_api_carries_on(api, tmp_path):
     """The index renamed over while an outside process holds the old file: a push is
     answered 503 (the caller may retry; not a 400, it was not the caller's fault); once the
     holder lets go, the push lands in the new file."""
-    import os
-
-    from .conftest import outside_holder
-
     assert api.get("/api/v1/feeds").status_code == 200
     push = [{"type": "domain", "value": "held-push.example"}]
     with outside_holder(api.index):

@@ -12,6 +12,7 @@ import pytest
 
 from .conftest import atr_cli, fill
 from .dns_authority import Authority
+from .dns_harness import RunningResolver
 
 needs_dig = pytest.mark.skipif(shutil.which("dig") is None,
                                reason="dig is not installed (make deps-test installs dnsutils)")
@@ -28,32 +29,25 @@ def upstream():
 @pytest.fixture
 def start_dns(index_path, writer, tmp_path):
     fill(writer, "bad", [("domain", "evil.test"), ("domain", "evil-cdn.test")])
-    procs: list[subprocess.Popen] = []
+    started: list[RunningResolver] = []
 
     def start(*args: str, config: str | None = None) -> tuple[subprocess.Popen, int]:
-        cmd = atr_cli() + ["--index", str(index_path)]
+        global_args = ["--index", str(index_path)]
         if config is not None:
             path = tmp_path / "atr.yaml"
             path.write_text(config)
-            cmd += ["--config", str(path)]
-        proc = subprocess.Popen(cmd + ["dns", "--listen", "127.0.0.1:0", *args],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=tmp_path)
-        procs.append(proc)
-        lines = [proc.stdout.readline(), proc.stdout.readline()]
-        match = re.search(r"udp\+tcp 127\.0\.0\.1:(\d+)", lines[0])
-        if not match or "enforcing 2 indicators" not in lines[1]:
-            proc.kill()
-            pytest.fail(f"atr-proxy dns did not start: {lines} {proc.stderr.read()}")
-        return proc, int(match.group(1))
+            global_args += ["--config", str(path)]
+        resolver = RunningResolver(global_args, tmp_path / f"dns{len(started)}.log",
+                                   dns_args=args, cwd=tmp_path)
+        started.append(resolver)
+        if "enforcing 2 indicators" not in resolver.ready:
+            pytest.fail(f"atr-proxy dns did not load the index: {resolver.ready!r}"
+                        f" {resolver.stop()}")
+        return resolver.process, resolver.port
 
     yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
+    for resolver in started:
+        resolver.stop()
 
 
 def dig(port: int, *args: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import resource
 import shutil
 import signal
@@ -25,9 +24,9 @@ import yaml
 
 from atr_proxy.index import IndexWriter, connect
 
-from .conftest import atr_cli, fill, outside_holder
+from .conftest import atr_cli, fill, outside_holder, wait_for
 from .dns_authority import Authority
-from .dns_harness import ResolverThread
+from .dns_harness import ResolverThread, RunningResolver
 from .proxy_harness import Origin, RunningProxy, curl, free_port
 
 KILLS = int(os.environ.get("ATR_SOAK_KILLS", "20"))
@@ -45,6 +44,22 @@ def feed_values(index: Path, feed: str) -> set[str]:
             (feed,))}
     finally:
         conn.close()
+
+
+def whole_index(index: Path, query: str | None = None) -> set:
+    """``PRAGMA integrity_check`` is ok; then the first column of ``query``, as a set."""
+    conn = sqlite3.connect(index)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return {row[0] for row in conn.execute(query)} if query else set()
+    finally:
+        conn.close()
+
+
+def whole_json_lines(jsonl: Path) -> None:
+    """Every line one JSON object, bar a last one cut by the full disk."""
+    for line in jsonl.read_bytes().splitlines()[:-1]:
+        assert line.startswith(b"{") and line.endswith(b"}")
 
 
 def test_sigkill_during_a_large_sync_leaves_the_old_or_the_new_set_and_everything_else(
@@ -118,12 +133,7 @@ def rcode(r: ResolverThread, name: str) -> int:
 
 
 def wait_rcode(r: ResolverThread, name: str, want: int, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if rcode(r, name) == want:
-            return True
-        time.sleep(0.1)
-    return False
+    return wait_for(lambda: rcode(r, name) == want, seconds)
 
 
 def enforcing(r: ResolverThread, *blocked: str) -> None:
@@ -215,16 +225,10 @@ def test_resolver_under_a_file_size_limit_keeps_enforcing_and_reports_the_failur
             "index": str(index_path),
             "dns": {"upstreams": [f"127.0.0.1:{auth.port}"]},
             "events": {"jsonl": str(jsonl)}}))
-        proc = subprocess.Popen(
-            atr_cli() + ["--config", str(config), "dns", "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-            preexec_fn=_limit_file_size(limit))
+        r = RunningResolver(["--config", str(config)], tmp_path / "dns.log", cwd=tmp_path,
+                            preexec_fn=_limit_file_size(limit))
         try:
-            line = proc.stdout.readline()
-            port = int(re.search(r"udp\+tcp 127\.0\.0\.1:(\d+)", line).group(1))
-            assert "enforcing 1 indicators" in proc.stdout.readline()  # the index is loaded
-            r = ResolverThread.__new__(ResolverThread)
-            r.port = port
+            assert "enforcing 1 indicators" in r.ready  # the index is loaded
             answered, other = 0, []
             for i in range(1500):  # ~300 bytes of JSON each: well past the limit
                 reply = r.ask(f"n{i}.evil1.test", timeout=3)
@@ -233,19 +237,13 @@ def test_resolver_under_a_file_size_limit_keeps_enforcing_and_reports_the_failur
                     other.append((i, dns.rcode.to_text(reply.rcode()), str(reply)))
             assert answered == 1500 and not other, other
             assert r.ask("www.good.test").rcode() == dns.rcode.NOERROR
-            assert proc.poll() is None
+            assert r.process.poll() is None
         finally:
-            proc.terminate()
-            _, err = proc.communicate(timeout=10)
+            err = r.stop()
     assert jsonl.stat().st_size <= limit
     assert "event write failed" in err and "enforcement continues" in err, err[-2000:]
-    for line in jsonl.read_bytes().splitlines()[:-1]:  # whole lines, bar a cut last one
-        assert line.startswith(b"{") and line.endswith(b"}")
-    conn = sqlite3.connect(index_path)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
+    whole_json_lines(jsonl)
+    whole_index(index_path)
 
 
 def test_sync_under_a_file_size_limit_fails_reports_and_keeps_the_old_set(tmp_path):
@@ -306,17 +304,12 @@ def test_an_index_renamed_over_while_everything_runs_is_read_whole_never_mixed(t
         config_file = tmp_path / "atr.yaml"
         config_file.write_text(yaml.safe_dump(config))
         cli = atr_cli() + ["--config", str(config_file)]
-        logs = {n: open(tmp_path / f"{n}.log", "w") for n in ("worker", "dns")}
+        worker_log = open(tmp_path / "worker.log", "w")
+        r = None
         try:
-            procs.append(subprocess.Popen(cli + ["sync"], env=env, stdout=logs["worker"],
+            procs.append(subprocess.Popen(cli + ["sync"], env=env, stdout=worker_log,
                                           stderr=subprocess.STDOUT, text=True))
-            dns_proc = subprocess.Popen(cli + ["dns", "--listen", "127.0.0.1:0"], env=env,
-                                        stdout=subprocess.PIPE, stderr=logs["dns"], text=True)
-            procs.append(dns_proc)
-            port = int(re.search(r"udp\+tcp 127\.0\.0\.1:(\d+)",
-                                 dns_proc.stdout.readline()).group(1))
-            r = ResolverThread.__new__(ResolverThread)
-            r.port = port
+            r = RunningResolver(["--config", str(config_file)], tmp_path / "dns.log", env=env)
             proxy = RunningProxy(tmp_path / "proxy",
                                  {k: v for k, v in config.items() if k != "admin"})
             api = httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10,
@@ -369,34 +362,23 @@ def test_an_index_renamed_over_while_everything_runs_is_read_whole_never_mixed(t
         finally:
             if proxy is not None:
                 proxy.stop()
+            if r is not None:
+                r.stop()
             for p in procs:
                 p.terminate()
                 try:
                     p.wait(10)
                 except subprocess.TimeoutExpired:
                     p.kill()
-            for f in logs.values():
-                f.close()
+            worker_log.close()
             old_origin.close()
             new_origin.close()
-    conn = sqlite3.connect(index)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        values = {v for (v,) in conn.execute("SELECT value FROM indicators")}
-        assert values == {"evil2.test", "127.0.0.8", "evil5.test"}, values
-    finally:
-        conn.close()
+    values = whole_index(index, "SELECT value FROM indicators")
+    assert values == {"evil2.test", "127.0.0.8", "evil5.test"}, values
     said = (tmp_path / "worker.log").read_text() + (tmp_path / "dns.log").read_text()
     assert "was replaced" in said, said[-3000:]
 
 
-def wait_for(check, seconds: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def test_while_another_process_holds_the_replaced_file_the_last_snapshot_stays(
@@ -460,7 +442,7 @@ def test_index_backup_and_restore_commands_while_the_resolver_runs(resolver, ind
                          timeout=60)
     assert out.returncode != 0 and "junk.db" in out.stderr
     assert rcode(resolver, "evil3.test") == dns.rcode.NXDOMAIN
-    assert sqlite3.connect(index_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    whole_index(index_path)
 
 
 # -- the proxy under the same storage faults ---------------------------------------------
@@ -531,11 +513,7 @@ def test_proxy_keeps_enforcing_while_the_index_is_locked_unreadable_or_restored(
         proxy.stop()
         listed.close()
         later.close()
-    conn = sqlite3.connect(index_path)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
+    whole_index(index_path)
 
 
 def test_proxy_under_a_file_size_limit_keeps_enforcing_and_reports_the_failure(
@@ -566,13 +544,8 @@ def test_proxy_under_a_file_size_limit_keeps_enforcing_and_reports_the_failure(
     log = proxy.log()
     assert jsonl.stat().st_size <= limit
     assert "event write failed" in log and "enforcement continues" in log, log[-2000:]
-    for line in jsonl.read_bytes().splitlines()[:-1]:  # whole lines, bar a cut last one
-        assert line.startswith(b"{") and line.endswith(b"}")
-    conn = sqlite3.connect(index_path)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    finally:
-        conn.close()
+    whole_json_lines(jsonl)
+    whole_index(index_path)
 
 
 def test_resolver_keeps_enforcing_when_the_index_is_deleted_then_reads_a_new_one(
@@ -588,11 +561,7 @@ def test_resolver_keeps_enforcing_when_the_index_is_deleted_then_reads_a_new_one
     _index_with(index_path, [("domain", "evil2.test")])
     assert wait_rcode(resolver, "evil2.test", dns.rcode.NXDOMAIN)
     assert not resolver.ask("evil1.test").extended_errors()
-    conn = sqlite3.connect(index_path)
-    try:
-        assert {v for (v,) in conn.execute("SELECT value FROM indicators")} == {"evil2.test"}
-    finally:
-        conn.close()
+    assert whole_index(index_path, "SELECT value FROM indicators") == {"evil2.test"}
 
 
 # -- a real full file system (a tiny tmpfs), where this machine lets us mount one -----------
@@ -644,16 +613,9 @@ def test_resolver_on_a_full_file_system_keeps_enforcing_then_writes_again(tiny_f
         config.write_text(yaml.safe_dump({
             "index": str(index), "dns": {"upstreams": [f"127.0.0.1:{auth.port}"]},
             "events": {"jsonl": str(jsonl)}}))
-        log = open(tmp_path / "dns.log", "w")  # not a pipe nobody reads while it runs
-        proc = subprocess.Popen(
-            atr_cli() + ["--config", str(config), "dns", "--listen", "127.0.0.1:0"],
-            stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path)
+        r = RunningResolver(["--config", str(config)], tmp_path / "dns.log", cwd=tmp_path)
         try:
-            port = int(re.search(r"udp\+tcp 127\.0\.0\.1:(\d+)",
-                                 proc.stdout.readline()).group(1))
-            assert "enforcing 1 indicators" in proc.stdout.readline()
-            r = ResolverThread.__new__(ResolverThread)
-            r.port = port
+            assert "enforcing 1 indicators" in r.ready
             filler = _fill_up(tiny_fs)
             other = []
             for i in range(1000):  # new names: each one an event for a full disk
@@ -668,12 +630,9 @@ def test_resolver_on_a_full_file_system_keeps_enforcing_then_writes_again(tiny_f
             for i in range(20):
                 assert r.ask(f"after{i}.evil1.test", timeout=3).rcode() == dns.rcode.NXDOMAIN
             assert wait_for(lambda: b"after19.evil1.test" in jsonl.read_bytes())
-            assert proc.poll() is None
+            assert r.process.poll() is None
         finally:
-            proc.terminate()
-            proc.communicate(timeout=10)
-            log.close()
-    err = (tmp_path / "dns.log").read_text()
+            err = r.stop()
     assert "No space left on device" in err and "database or disk is full" in err, err[-2000:]
     # reported once per sink and error, not once per failed batch; and the recovery too
     assert err.count("event write failed") <= 6, err[-3000:]
@@ -687,13 +646,8 @@ def test_resolver_on_a_full_file_system_keeps_enforcing_then_writes_again(tiny_f
         except ValueError:
             assert not line.endswith(b"}"), line
     assert [e["dest_host"] for e in events[-20:]] == [f"after{i}.evil1.test" for i in range(20)]
-    conn = sqlite3.connect(index)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        names = {n for (n,) in conn.execute("SELECT dest_host FROM events")}
-        assert "after19.evil1.test" in names  # the index took events again too
-    finally:
-        conn.close()
+    # the index took events again too
+    assert "after19.evil1.test" in whole_index(index, "SELECT dest_host FROM events")
 
 
 def test_sync_on_a_full_file_system_fails_reports_and_keeps_the_old_set(tiny_fs, tmp_path):

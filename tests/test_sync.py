@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sqlite3
 import time
@@ -19,7 +20,7 @@ from atr_proxy.feeds.sync import SyncWorker, feed_status
 from atr_proxy.index import FeedSpec, connect, reader
 from atr_proxy.index.watch import SnapshotWatcher
 
-from .conftest import SHARED_FEEDS
+from .conftest import SHARED_FEEDS, outside_holder
 from .feedserver import FeedServer, Route
 
 UUID = "5e0f9c8a-1111-4c3b-9a11-000000000001"
@@ -446,10 +447,6 @@ async def test_a_feed_keeps_its_schedule_when_the_index_itself_fails(tmp_path, s
     the old file, so the worker may not open the new one (the status cannot even be
     recorded). The feed's loop used to end there, for good; it now retries, and syncs into
     the new file once the holder lets go."""
-    import os
-
-    from .conftest import outside_holder
-
     url = server.add("/k.txt", Route(b"kept.example\n", etag=False))
     settings = make_settings(tmp_path, [{"name": "k", "url": url, "interval": "0.3s"}],
                              sync={"jitter": 0.1})

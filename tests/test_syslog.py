@@ -110,16 +110,13 @@ def test_a_bad_syslog_target_is_a_config_error(target: str) -> None:
 def test_the_resolver_sends_its_blocks_to_syslog_too(tmp_path) -> None:
     """The real ``atr-proxy dns`` with ``events.syslog``: a sinkholed name reaches the
     collector (the resolver used to leave the sink out)."""
-    import subprocess
-
-    import dns.message
-    import dns.query
     import yaml
 
     from atr_proxy.index import IndexWriter, connect
 
-    from .conftest import atr_cli, fill
+    from .conftest import fill
     from .dns_authority import Authority
+    from .dns_harness import RunningResolver
 
     index = tmp_path / "index.db"
     writer = IndexWriter(connect(index))
@@ -134,20 +131,12 @@ def test_the_resolver_sends_its_blocks_to_syslog_too(tmp_path) -> None:
             "index": str(index), "dns": {"upstreams": [f"127.0.0.1:{auth.port}"]},
             "events": {"jsonl": None,
                        "syslog": f"udp://127.0.0.1:{collector.getsockname()[1]}"}}))
-        proc = subprocess.Popen(atr_cli() + ["--config", str(config), "dns", "--listen",
-                                             "127.0.0.1:0"], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            port = int(re.search(r"udp\+tcp 127\.0\.0\.1:(\d+)", proc.stdout.readline())
-                       .group(1))
-            proc.stdout.readline()  # the index is loaded
-            q = dns.message.make_query("www.evil.example", "A")
-            assert dns.query.udp(q, "127.0.0.1", port=port, timeout=5).rcode() == 3
-            message, fields = parse(collector.recv(65536))
-        finally:
-            proc.terminate()
-            proc.communicate(timeout=10)
-            collector.close()
+        with RunningResolver(["--config", str(config)], tmp_path / "dns.log") as resolver:
+            try:
+                assert resolver.ask("www.evil.example", timeout=5).rcode() == 3  # NXDOMAIN
+                message, fields = parse(collector.recv(65536))
+            finally:
+                collector.close()
     assert message.group("msgid") == "block"
     assert fields["source"] == "dns" and fields["indicator"] == "evil.example"
     assert fields["dest_host"] == "www.evil.example"
