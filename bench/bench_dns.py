@@ -41,26 +41,10 @@ sys.path.insert(0, str(HERE))
 
 from bench_matcher import domain, line, phase_build  # noqa: E402  (reuse, not copy)
 
+from tests.ports import free_port  # noqa: E402
+
 UPSTREAM_ZONE = "fwd.bench"
 FORWARDED_PER_SECOND = 60_000  # unique names prepared per second of a forwarded run
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind(("127.0.0.1", 0))
-        port = udp.getsockname()[1]
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            tcp.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            tcp.close()
-            udp.close()
-    raise RuntimeError("no free port")
 
 
 def query(port: int, name: str, timeout: float = 0.2) -> int | None:
@@ -213,7 +197,7 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     results: dict[str, dict] = {}
     try:
-        up_port = free_port()
+        up_port = free_port(both=True)
         upstream = subprocess.Popen(
             ["dnsmasq", "-k", "--conf-file=/dev/null", f"--port={up_port}",
              "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
@@ -239,7 +223,7 @@ def main() -> int:
                 "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{up_port}"],
         }
         for name, command in targets.items():
-            port = free_port()
+            port = free_port(both=True)
             started = time.perf_counter()
             with open(work / f"{name}.log", "w") as log:
                 proc = subprocess.Popen(command(port), cwd=work, stdout=subprocess.DEVNULL,

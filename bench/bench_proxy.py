@@ -38,6 +38,8 @@ sys.path.insert(0, str(HERE))
 
 import bench_matcher  # noqa: E402  (the index generator, shared with the matcher bench)
 
+from tests.ports import free_port  # noqa: E402
+
 BODY = b"ok\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
             % (len(BODY), BODY))
@@ -244,12 +246,6 @@ def run_with_updates(proxy: Proxy, target: tuple[str, int], index: str,
 
 
 # -- the proxies ------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_port(port: int, process: subprocess.Popen, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -20,27 +20,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .ports import free_port
+
 CURL = "/usr/bin/curl"
 DIG = "/usr/bin/dig"
 READY_TIMEOUT = 90.0
 STOP_TIMEOUT = 25.0
-
-
-def free_port(host: str = "127.0.0.1", both: bool = False) -> int:
-    """A port free for TCP (and UDP too with ``both``) right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = tcp.getsockname()[1]
-            if not both:
-                return port
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
 
 
 @dataclass

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from .ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 CURL = "/usr/bin/curl"
 START_TIMEOUT = 30.0
@@ -148,12 +150,6 @@ class Origin:
 
 
 # -- the proxy --------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class RunningProxy:
     """``atr-proxy proxy`` (or ``mitmdump -s addons/atr_filter.py``) as a subprocess."""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from .conftest import atr_cli
 from .feedserver import FeedServer, Route
+from .ports import free_port
 
 
 def cli(*args: str, index: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -49,18 +49,12 @@ def test_mdr_add_list_remove(tmp_path: Path):
     assert look[0]["verdict"] == "allow"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def worker_process(tmp_path: Path):
     """``atr-proxy sync`` with its admin API on a free loopback port."""
     with FeedServer() as server:
         url = server.add("/list.txt", Route(b"evil-run.example\n"))
-        port = _free_port()
+        port = free_port()
         cfg = tmp_path / "atr.yaml"
         cfg.write_text(json.dumps({
             "index": "index.db",

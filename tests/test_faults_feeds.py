@@ -27,7 +27,7 @@ from atr_proxy.cli import lookup_values
 from atr_proxy.index.watch import SnapshotWatcher
 
 from .feedserver import FeedServer, Route, self_signed_cert
-from .proxy_harness import free_port
+from .ports import free_port
 
 TOKEN = "fault-suite-token-7f3a"
 FEED_TIMEOUT = 1.0

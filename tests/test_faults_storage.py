@@ -27,7 +27,8 @@ from atr_proxy.index import IndexWriter, connect
 from .conftest import atr_cli, fill, outside_holder, wait_for
 from .dns_authority import Authority
 from .dns_harness import ResolverThread, RunningResolver
-from .proxy_harness import Origin, RunningProxy, curl, free_port
+from .ports import free_port
+from .proxy_harness import Origin, RunningProxy, curl
 
 KILLS = int(os.environ.get("ATR_SOAK_KILLS", "20"))
 SIZE = 30_000                      # indicators per set; the two sets overlap by half
