@@ -26,7 +26,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_matcher import domain, line, phase_build  # noqa: E402  (reuse, not copy)
 
-from tests.ports import free_port  # noqa: E402
+from tests.support import free_port, stop_process  # noqa: E402
 
 UPSTREAM_ZONE = "fwd.bench"
 FORWARDED_PER_SECOND = 60_000  # unique names prepared per second of a forwarded run
@@ -143,17 +142,6 @@ def write_queries(path: Path, names: list[str]) -> Path:
     return path
 
 
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--names", type=int, default=1_000_000, help="blocklist size")
@@ -251,11 +239,11 @@ def main() -> int:
             settle(proc.pid)
             r["rss_flood"] = rss_mib(proc.pid)
             r["rss_peak"] = rss_mib(proc.pid, "VmHWM")
-            stop(proc)
+            stop_process(proc)
             results[name] = r
     finally:
         for proc in procs:
-            stop(proc)
+            stop_process(proc)
 
     base, ours = results["dnsmasq"], results["atr-proxy"]
     goals = {"blocked-new": 0.5, "blocked": 0.5, "cached": 0.5, "forwarded": 3.0}

@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_matcher  # noqa: E402  (the index generator, shared with the matcher bench)
 
-from tests.ports import free_port  # noqa: E402
+from tests.support import free_port, stop_process  # noqa: E402
 
 BODY = b"ok\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
@@ -278,14 +278,7 @@ class Proxy:
         self.stop()
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
+        stop_process(self.process, 15)
 
 
 def bare_mitmdump(work: Path, *extra: str) -> Proxy:

@@ -29,6 +29,8 @@ from wsproto.events import (
     TextMessage,
 )
 
+from .support import stop_process
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -197,13 +199,7 @@ class Browser:
     def close(self) -> None:
         for page in self.pages:
             page.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.profile, ignore_errors=True)
 

@@ -22,6 +22,8 @@ from atr_proxy.events import EventWriter, recent
 from atr_proxy.index import connect
 from atr_proxy.index.watch import SnapshotWatcher
 
+from .support import stop_process
+
 
 class ResolverThread:
     """``with ResolverThread(index, upstreams=[...], sinkhole=...) as r: r.port``"""
@@ -138,13 +140,7 @@ class RunningResolver:
 
     def stop(self) -> str:
         """Stop it (SIGTERM, then SIGKILL after 10 s); returns its log."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
         self.process.stdout.close()
         self._log.close()
         return self.log()

@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ports import free_port
+from .support import free_port, stop_process
 
 CURL = "/usr/bin/curl"
 DIG = "/usr/bin/dig"
@@ -106,13 +106,7 @@ class AtrRun:
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, STOP_TIMEOUT)
         for pid in self.children.values():  # belt and braces: nothing outlives the test
             try:
                 os.kill(pid, signal.SIGKILL)

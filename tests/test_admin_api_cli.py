@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import atr_cli
 from .feedserver import FeedServer, Route
-from .ports import free_port
+from .support import free_port, stop_process
 
 
 def cli(*args: str, index: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -81,13 +81,7 @@ def worker_process(tmp_path: Path):
                 pytest.fail("the worker's admin API did not come up")
             yield proc, base, tmp_path / "index.db", server
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc, 15)
 
 
 def test_the_worker_syncs_serves_the_api_and_stops_cleanly(worker_process):

@@ -27,7 +27,7 @@ from atr_proxy.cli import lookup_values
 from atr_proxy.index.watch import SnapshotWatcher
 
 from .feedserver import FeedServer, Route, self_signed_cert
-from .ports import free_port
+from .support import free_port, stop_process
 
 TOKEN = "fault-suite-token-7f3a"
 FEED_TIMEOUT = 1.0
@@ -227,12 +227,7 @@ def faulted(tmp_path_factory):
             health_after = client.get("/api/v1/health").status_code
         finally:
             client.close()
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_process(proc)
             log.close()
             blackhole.close()
     watcher = SnapshotWatcher(index)

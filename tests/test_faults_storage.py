@@ -27,8 +27,8 @@ from atr_proxy.index import IndexWriter, connect
 from .conftest import atr_cli, fill, outside_holder, wait_for
 from .dns_authority import Authority
 from .dns_harness import ResolverThread, RunningResolver
-from .ports import free_port
 from .proxy_harness import Origin, RunningProxy, curl
+from .support import free_port, stop_process
 
 KILLS = int(os.environ.get("ATR_SOAK_KILLS", "20"))
 SIZE = 30_000                      # indicators per set; the two sets overlap by half
@@ -366,11 +366,7 @@ def test_an_index_renamed_over_while_everything_runs_is_read_whole_never_mixed(t
             if r is not None:
                 r.stop()
             for p in procs:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+                stop_process(p)
             worker_log.close()
             old_origin.close()
             new_origin.close()

@@ -1,8 +1,10 @@
-"""A free loopback port, for the tests' and the benchmarks' servers."""
+"""For the tests' and the benchmarks' processes: a free loopback port, and a clean stop."""
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
 
 
 def free_port(host: str = "127.0.0.1", both: bool = False) -> int:
@@ -20,3 +22,17 @@ def free_port(host: str = "127.0.0.1", both: bool = False) -> int:
                     continue
                 return port
     raise RuntimeError("no free port")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit status."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
