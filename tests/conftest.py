@@ -74,3 +74,19 @@ def wait_for(check: Callable[[], object], seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def api_up(base: str, proc: subprocess.Popen | None = None, seconds: float = 30.0) -> bool:
+    """Wait until the admin API at ``base`` answers its health check (False after
+    ``seconds``, or at once if ``proc``, the process serving it, has exited)."""
+    import httpx
+
+    def healthy() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process serving {base} exited with {proc.returncode}")
+        try:
+            return httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return wait_for(healthy, seconds)

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import atr_cli
+from .conftest import api_up, atr_cli
 from .feedserver import FeedServer, Route
 from .support import free_port, stop_process
 
@@ -68,16 +68,7 @@ def worker_process(tmp_path: Path):
                                 stderr=subprocess.PIPE, text=True)
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{base}/api/v1/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert proc.poll() is None, proc.communicate()[1]
-                time.sleep(0.1)
-            else:
+            if not api_up(base, proc, 20):
                 pytest.fail("the worker's admin API did not come up")
             yield proc, base, tmp_path / "index.db", server
         finally:

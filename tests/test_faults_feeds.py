@@ -26,6 +26,7 @@ import yaml
 from atr_proxy.cli import lookup_values
 from atr_proxy.index.watch import SnapshotWatcher
 
+from .conftest import api_up
 from .feedserver import FeedServer, Route, self_signed_cert
 from .support import free_port, stop_process
 
@@ -191,15 +192,7 @@ def faulted(tmp_path_factory):
         client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
                               timeout=30)
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if client.get("/api/v1/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
-            else:
-                raise AssertionError((work / "worker.log").read_text())
+            assert api_up(base, proc), (work / "worker.log").read_text()
             outcomes: dict[str, dict] = {}
 
             def sync(name: str) -> None:

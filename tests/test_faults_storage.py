@@ -24,7 +24,7 @@ import yaml
 
 from atr_proxy.index import IndexWriter, connect
 
-from .conftest import atr_cli, fill, outside_holder, wait_for
+from .conftest import api_up, atr_cli, fill, outside_holder, wait_for
 from .dns_authority import Authority
 from .dns_harness import ResolverThread, RunningResolver
 from .proxy_harness import Origin, RunningProxy, curl
@@ -315,13 +315,8 @@ def test_an_index_renamed_over_while_everything_runs_is_read_whole_never_mixed(t
                                  {k: v for k, v in config.items() if k != "admin"})
             api = httpx.Client(base_url=f"http://127.0.0.1:{admin_port}", timeout=10,
                                headers={"Authorization": "Bearer mv-token-0123456789"})
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if api.get("/api/v1/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            assert api_up(f"http://127.0.0.1:{admin_port}", procs[0]), \
+                (tmp_path / "worker.log").read_text()
 
             def sinkholed(name: str) -> bool:
                 reply = r.ask(name, timeout=3)
