@@ -79,16 +79,6 @@ def exceptions(conn: sqlite3.Connection) -> list[ExceptionRow]:
     ]
 
 
-def count_live(conn: sqlite3.Connection, now: float) -> dict[str, int]:
-    """Live (enforced) indicators per kind."""
-    counts = {"domain": 0, "url": 0, "ip": 0}
-    for kind, n in conn.execute(
-        f"SELECT kind, COUNT(*) FROM indicators WHERE {LIVE} GROUP BY kind", (now,)
-    ):
-        counts[kind] = int(n)
-    return counts
-
-
 def live_indicators(conn: sqlite3.Connection, now: float) -> sqlite3.Cursor:
     """(id, feed_id, code, value, url host) of every enforced indicator, code being 0 for an exact
     domain, 1 for a subtree domain, 2 for a URL, 3 for an IP: one table scan, streamed by
@@ -186,17 +176,3 @@ def expired_between(
         "SELECT id, feed_id, kind, value, match FROM indicators"
         " WHERE expires_at > ? AND expires_at <= ?", (after, until),
     ).fetchall()
-
-
-def indicator(conn: sqlite3.Connection, indicator_id: int) -> dict | None:
-    """Every stored detail of one indicator, with its feed's name and module."""
-    cur = conn.execute(
-        "SELECT i.id, i.kind, i.value, i.match, i.first_seen, i.last_seen, i.expires_at,"
-        " i.threat, i.malware, i.confidence, i.reference, i.comment, i.suppressed_by,"
-        " f.name AS feed, f.module AS module, f.action AS action"
-        " FROM indicators i JOIN feeds f ON f.id = i.feed_id WHERE i.id=?", (indicator_id,),
-    )
-    row = cur.fetchone()
-    if row is None:
-        return None
-    return dict(zip([c[0] for c in cur.description], row, strict=True))

@@ -274,15 +274,6 @@ class SnapshotWatcher:
             self._confirmed[indicator_id] = row[0]
         return row[0] == value
 
-    def details(self, indicator_id: int) -> dict | None:
-        """The stored details of one indicator, or None if unavailable."""
-        with self._confirm_lock:
-            try:
-                return reader.indicator(self._confirm_connection(), indicator_id)
-            except (sqlite3.Error, IndexUnavailable, OSError):
-                self._confirm_conn = None
-                return None
-
     # -- running -----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Poll forever (or until ``stop``) from a worker thread."""

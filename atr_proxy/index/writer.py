@@ -129,19 +129,6 @@ class IndexWriter:
         row = self.conn.execute("SELECT id FROM feeds WHERE name=?", (name,)).fetchone()
         return int(row[0]) if row else None
 
-    def delete_feed(self, name: str) -> bool:
-        """Remove a feed with its indicators and exceptions."""
-        with transaction(self.conn):
-            feed_id = self.feed_id(name)
-            if feed_id is None:
-                return False
-            self.conn.execute("DELETE FROM indicators WHERE feed_id=?", (feed_id,))
-            self.conn.execute("DELETE FROM exceptions WHERE feed_id=?", (feed_id,))
-            self.conn.execute("DELETE FROM feeds WHERE id=?", (feed_id,))
-            self._log("reload", feed_id=feed_id)
-            self._log("exception", feed_id=feed_id)
-            return True
-
     def set_feed_status(self, feed_id: int, **fields: Any) -> None:
         """Record sync status columns (see the schema) without touching indicators."""
         allowed = {
