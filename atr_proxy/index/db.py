@@ -133,8 +133,19 @@ def connect(path: str | os.PathLike[str], *, readonly: bool = False,
             conn.path, conn.inode = path, opened
             _record_owner(path, opened)
             return conn
-        conn.close()  # renamed over while we opened it: which file we have is unknown
+        # renamed over while we opened it: we may hold the new file read through the old
+        # file's WAL, and closing would checkpoint those old pages into the new file
+        _close_without_checkpoint(conn)
     raise IndexUnavailable(f"index {path} was replaced each time it was opened")
+
+
+def _close_without_checkpoint(conn: sqlite3.Connection) -> None:
+    """Close without SQLite's checkpoint on close (Python 3.12+: ``setconfig``; 3.11 has no
+    way to ask, and closes as usual: a rename in the microseconds of an open is a gap)."""
+    setconfig = getattr(conn, "setconfig", None)
+    if setconfig is not None:
+        setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
+    conn.close()
 
 
 def _open(path: Path, *, readonly: bool, cache_kib: int | None) -> IndexConnection:
